@@ -1,0 +1,41 @@
+"""Choosing the compute device, and recognising GPU out-of-memory errors to fall back to the CPU."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .errors import InputError
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` takes CUDA when usable; a CUDA request without a usable GPU warns and uses the CPU."""
+    requested = (requested or "auto").lower()
+    if requested in ("auto", "gpu"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            warnings.warn("a GPU was requested but PyTorch sees no usable CUDA device (no GPU, no driver, or a "
+                          "CPU-only PyTorch build); running on the CPU", RuntimeWarning, stacklevel=3)
+            return torch.device("cpu")
+        device = torch.device(requested)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {requested} does not exist; this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return device
+    raise InputError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for PyTorch's and CuPy's GPU out-of-memory errors."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,153 @@
+"""Differentiable Gauss-Newton registration on a coarse control grid, over feature volumes.
+
+Reads like the method: warp the moving features with the current displacement, predict the residual f
+and the Jacobian J, pool ``J^2`` and ``f J`` to the control grid, solve
+``(lam L + diag(J_k^2)) delta_k = -(f J_k) - lam L u_k`` per axis, and apply the update with momentum.
+Displacements are in voxels of the working grid, channels ordered like the array axes (z, y, x).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .features import gaussian_smooth
+from .predictors import GaussNewtonPredictors, classic_terms
+from .solver import SolverOptions, apply_laplacian, solve_regularised
+
+#: Called after each iteration with (level index, iteration index, iterations per level).
+IterationCallback = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class GaussNewtonConfig:
+    """Settings of the deformable stage (see ``RegistrationSettings`` for their meaning to users)."""
+
+    iterations: int = 10
+    lambda_start: float = 2.0
+    lambda_end: float = 0.4
+    grid_stride: int = 4
+    momentum: float = 0.5
+    update_smoothing: float = 0.0
+    levels: int = 1
+    solver: str = "torch"
+    solver_options: SolverOptions = SolverOptions()
+
+
+def lambda_schedule(start: float, end: float, iterations: int) -> List[float]:
+    """Regularisation weights log-spaced from ``start`` to ``end``: coarse motion first, detail later."""
+    return [float(v) for v in np.geomspace(start, end, max(iterations, 1))]
+
+
+def identity_grid(shape: Tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Voxel coordinates ``(1, 3, D, H, W)`` in (z, y, x) order."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)
+
+
+def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``volume`` at ``x + displacement(x)`` (voxels), edges replicated."""
+    shape = volume.shape[2:]
+    coords = identity_grid(tuple(shape), volume.device, volume.dtype) + displacement
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=volume.device, dtype=volume.dtype)
+    normalised = coords * scale.view(1, 3, 1, 1, 1) - 1.0
+    grid = normalised.flip(1).permute(0, 2, 3, 4, 1)  # grid_sample wants (x, y, z) last
+    batch = volume.shape[0]
+    if grid.shape[0] != batch:
+        grid = grid.expand(batch, *grid.shape[1:])
+    return F.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=True)
+
+
+def pool_to_grid(volume: torch.Tensor, stride: int) -> torch.Tensor:
+    return F.avg_pool3d(volume, stride, stride, ceil_mode=True)
+
+
+def upsample_from_grid(field: torch.Tensor, stride: int, shape: Tuple[int, ...]) -> torch.Tensor:
+    """Trilinear interpolation of a control-grid field back to the voxels it was pooled from."""
+    up = F.interpolate(field, scale_factor=stride, mode="trilinear", align_corners=False)
+    return up[:, :, : shape[0], : shape[1], : shape[2]]
+
+
+def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
+                       predictors: Optional[GaussNewtonPredictors], stride: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``.
+
+    Channels are processed one at a time so memory does not grow with the number of channels.
+    """
+    hessian = None
+    gradient = None
+    channels = warped.shape[1]
+    for c in range(channels):
+        w_c, f_c = warped[:, c:c + 1], fixed[:, c:c + 1]
+        residual, jacobian = predictors(w_c, f_c) if predictors is not None else classic_terms(w_c, f_c)
+        h_c, g_c = jacobian * jacobian, residual * jacobian
+        if weight is not None:
+            h_c, g_c = h_c * weight, g_c * weight
+        hessian = h_c if hessian is None else hessian + h_c
+        gradient = g_c if gradient is None else gradient + g_c
+    hessian = pool_to_grid(hessian / channels, stride)[0]
+    gradient = pool_to_grid(gradient / channels, stride)[0]
+    return hessian, gradient
+
+
+def _pyramid(volume: Optional[torch.Tensor], levels: int) -> List[Optional[torch.Tensor]]:
+    """Finest first; each coarser level halves the resolution."""
+    out = [volume]
+    for _ in range(levels - 1):
+        out.append(None if out[-1] is None else F.avg_pool3d(out[-1], 2, 2, ceil_mode=True))
+    return out
+
+
+def _run_level(fixed: torch.Tensor, moving: torch.Tensor, weight: Optional[torch.Tensor],
+               control: torch.Tensor, config: GaussNewtonConfig,
+               predictors: Optional[GaussNewtonPredictors], on_iteration: Callable[[int], None]) -> torch.Tensor:
+    shape = tuple(fixed.shape[2:])
+    stride = config.grid_stride
+    velocity = torch.zeros_like(control)
+    for iteration, lam in enumerate(lambda_schedule(config.lambda_start, config.lambda_end, config.iterations)):
+        displacement = upsample_from_grid(control, stride, shape)
+        warped = warp(moving, displacement)
+        hessian, gradient = gauss_newton_terms(warped, fixed, weight, predictors, stride)
+        rhs = -gradient - lam * apply_laplacian(control[0])
+        delta = solve_regularised(hessian, rhs, lam, backend=config.solver, options=config.solver_options)
+        if config.update_smoothing > 0:
+            delta = gaussian_smooth(delta.unsqueeze(0), config.update_smoothing)[0]
+        velocity = config.momentum * velocity + delta.unsqueeze(0)
+        control = control + velocity
+        on_iteration(iteration)
+    return control
+
+
+def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, config: GaussNewtonConfig, *,
+                 weight: Optional[torch.Tensor] = None, predictors: Optional[GaussNewtonPredictors] = None,
+                 on_iteration: Optional[IterationCallback] = None) -> torch.Tensor:
+    """Displacement ``(1, 3, D, H, W)`` in voxels that warps ``moving`` onto ``fixed`` (both ``(1, C, ...)``).
+
+    Differentiable with respect to the predictors' weights and the inputs, for training.
+    """
+    fixed_levels = _pyramid(fixed, config.levels)
+    moving_levels = _pyramid(moving, config.levels)
+    weight_levels = _pyramid(weight, config.levels)
+    stride = config.grid_stride
+    displacement = None
+    for level in reversed(range(config.levels)):
+        shape = tuple(fixed_levels[level].shape[2:])
+        if displacement is None:
+            grid_shape = [int(np.ceil(n / stride)) for n in shape]
+            control = fixed.new_zeros((1, 3, *grid_shape))
+        else:
+            finer = 2.0 * F.interpolate(displacement, size=shape, mode="trilinear", align_corners=False)
+            control = pool_to_grid(finer, stride)
+
+        def report(iteration: int, level: int = level) -> None:
+            if on_iteration is not None:
+                on_iteration(config.levels - 1 - level, iteration, config.iterations)
+
+        control = _run_level(fixed_levels[level], moving_levels[level], weight_levels[level], control,
+                             config, predictors, report)
+        displacement = upsample_from_grid(control, stride, shape)
+    return displacement

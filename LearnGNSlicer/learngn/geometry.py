@@ -1,0 +1,89 @@
+"""Physical space: the working grid, resampling onto it, and displacement fields in millimetres.
+
+The deformable stage runs on an isotropic working grid aligned with the fixed image (same direction,
+covering every fixed voxel centre), so the regulariser treats all axes alike whatever the scan's voxel
+size.  Fields leave this module as SimpleITK vector images in LPS millimetres (ITK's convention).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+
+def working_spacing(fixed: sitk.Image, max_voxels: int, requested: Optional[float] = None) -> float:
+    """The requested spacing, else the finest isotropic spacing (not finer than the scan) within budget."""
+    if requested is not None:
+        return float(requested)
+    extent = np.array(fixed.GetSize()) * np.array(fixed.GetSpacing())
+    finest = float(min(fixed.GetSpacing()))
+    return max(finest, float(np.cbrt(np.prod(extent) / max_voxels)))
+
+
+def working_grid(fixed: sitk.Image, spacing: float) -> sitk.Image:
+    """An empty isotropic image in the fixed image's orientation whose voxel centres span the fixed ones."""
+    extent = (np.array(fixed.GetSize()) - 1) * np.array(fixed.GetSpacing())
+    size = [int(np.ceil(e / spacing - 1e-6)) + 1 for e in extent]
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetOrigin(fixed.GetOrigin())
+    grid.SetDirection(fixed.GetDirection())
+    grid.SetSpacing([spacing] * 3)
+    return grid
+
+
+def resample(image: sitk.Image, reference: sitk.Image, transform: Optional[sitk.Transform] = None,
+             interpolator: int = sitk.sitkLinear, default_value: float = 0.0,
+             pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """``image`` sampled at ``transform(x)`` for every voxel ``x`` of ``reference``."""
+    return sitk.Resample(image, reference, transform or sitk.Transform(), interpolator, default_value, pixel_type)
+
+
+def to_tensor(image: sitk.Image, device: torch.device) -> torch.Tensor:
+    """A scalar image as a float32 tensor ``(1, 1, z, y, x)``."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return torch.from_numpy(array).to(device)[None, None]
+
+
+def voxel_field_to_image(displacement: torch.Tensor, reference: sitk.Image) -> sitk.Image:
+    """A displacement in working voxels ``(1, 3, z, y, x)`` as an LPS millimetre field on ``reference``."""
+    voxels_xyz = displacement[0].detach().flip(0).permute(1, 2, 3, 0).double().cpu().numpy()
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    scaled = voxels_xyz * np.array(reference.GetSpacing())
+    physical = scaled @ direction.T
+    image = sitk.GetImageFromArray(physical, isVector=True)
+    image.CopyInformation(reference)
+    return image
+
+
+def image_field_to_voxels(field: sitk.Image, device: torch.device) -> torch.Tensor:
+    """Inverse of :func:`voxel_field_to_image` (for tests and for starting from a known field)."""
+    direction = np.array(field.GetDirection()).reshape(3, 3)
+    physical = sitk.GetArrayFromImage(field)
+    voxels_xyz = (physical @ direction) / np.array(field.GetSpacing())
+    return torch.from_numpy(voxels_xyz).permute(3, 0, 1, 2).flip(0)[None].float().to(device)
+
+
+def compose_to_field(transforms: list, reference: sitk.Image) -> sitk.Image:
+    """The dense field on ``reference`` of ``transforms[0] o transforms[1] o ...`` (last applied first)."""
+    composite = sitk.CompositeTransform(3)
+    for transform in transforms:
+        if transform is not None:
+            composite.AddTransform(transform)
+    field = sitk.TransformToDisplacementField(
+        composite, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(),
+        reference.GetSpacing(), reference.GetDirection())
+    return field
+
+
+def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform:
+    """A transform of a copy of ``field`` (SimpleITK's constructor empties the image it is given)."""
+    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+
+
+def physical_bounds(image: sitk.Image) -> np.ndarray:
+    """The 8 corner points (LPS) of the image's voxel-centre box."""
+    size = np.array(image.GetSize()) - 1
+    corners = [[i * size[0], j * size[1], k * size[2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]) for corner in corners])

@@ -1,0 +1,273 @@
+"""``register()``: the one entry point that turns a fixed and a moving image into a result.
+
+Pipeline: check inputs -> pre-align (centre of mass, affine) -> features on the isotropic working grid
+-> Gauss-Newton (GPU or CPU) -> compose one displacement field on the fixed grid -> warp once -> metrics.
+"""
+from __future__ import annotations
+
+import platform
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .device import describe, is_out_of_memory, resolve_device
+from .errors import InputError
+from .features import intensity_window, mind_ssc, normalise_intensity, signed_distance_maps, union_labels
+from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
+from .geometry import (compose_to_field, displacement_transform, resample, to_tensor, voxel_field_to_image,
+                       working_grid, working_spacing)
+from .models import load_model
+from .prealign import prealign
+from .progress import ProgressEvent, ProgressTracker
+from .quality import jacobian_statistics, mean_dice, normalised_cross_correlation
+from .settings import RegistrationSettings, get_preset
+from .solver import SolverOptions, resolve_backend
+from .validation import check_image, check_label_image
+
+#: Below this share of the fixed grid covered by the pre-aligned moving image, registration is pointless.
+MIN_OVERLAP = 0.05
+
+
+@dataclass
+class RegistrationResult:
+    """What a registration returns; see docs/ENGINE_API.md for the conventions."""
+
+    displacement: sitk.Image
+    warped: sitk.Image
+    prealignment: Optional[sitk.Transform]
+    metrics: Dict[str, float]
+    timings: Dict[str, float]
+    device: str
+    preset: str
+    settings: RegistrationSettings
+    warnings: List[str] = field(default_factory=list)
+
+    def transform(self) -> sitk.DisplacementFieldTransform:
+        """The result as a transform mapping fixed points to moving points."""
+        return displacement_transform(self.displacement)
+
+    def to_summary(self) -> Dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "device": self.device,
+            "metrics": self.metrics,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "settings": self.settings.to_dict(),
+            "warnings": self.warnings,
+            "versions": versions(),
+            "conventions": "displacement on the fixed grid, LPS mm, resampling: x_moving = x_fixed + d(x_fixed)",
+        }
+
+
+def versions() -> Dict[str, str]:
+    return {"learngn": __version__, "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString(),
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class _Inputs:
+    """Validated inputs and what is derived from them once."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    fixed_normalised: sitk.Image
+    moving_normalised: sitk.Image
+    fixed_mask: Optional[sitk.Image]
+    moving_mask: Optional[sitk.Image]
+    fixed_segmentation: Optional[sitk.Image]
+    moving_segmentation: Optional[sitk.Image]
+    labels: List[int]
+
+
+def _as_mask(image: Optional[sitk.Image], reference: sitk.Image) -> Optional[sitk.Image]:
+    return None if image is None else sitk.Cast(image != 0, sitk.sitkUInt8)
+
+
+def _normalised(image: sitk.Image, array: np.ndarray, mask: Optional[np.ndarray], how: str) -> sitk.Image:
+    values = array[mask > 0] if mask is not None else array
+    low, high = intensity_window(values, how)
+    return sitk.IntensityWindowing(sitk.Cast(image, sitk.sitkFloat32), low, high, 0.0, 1.0)
+
+
+def _check_inputs(fixed, moving, fixed_mask, moving_mask, fixed_segmentation, moving_segmentation,
+                  settings: RegistrationSettings) -> _Inputs:
+    fixed_array = check_image(fixed, "fixed image")
+    moving_array = check_image(moving, "moving image")
+    fixed_mask_array = check_label_image(fixed_mask, "fixed mask")
+    moving_mask_array = check_label_image(moving_mask, "moving mask")
+    fixed_labels = check_label_image(fixed_segmentation, "fixed segmentation")
+    moving_labels = check_label_image(moving_segmentation, "moving segmentation")
+    for name, image, reference in (("fixed mask", fixed_mask, fixed), ("moving mask", moving_mask, moving)):
+        if image is not None and image.GetSize() != reference.GetSize():
+            raise InputError(f"the {name} is {image.GetSize()} voxels but its image is {reference.GetSize()}; "
+                             "masks must be on the grid of their image (resample the mask first)")
+    if "sdm" in settings.features and (fixed_segmentation is None or moving_segmentation is None):
+        raise InputError("the distance-map features need segmentations of both images; give "
+                         "fixed_segmentation and moving_segmentation, or choose a preset without 'sdm'")
+    labels = union_labels(fixed_labels, moving_labels)
+    return _Inputs(
+        fixed=fixed, moving=moving,
+        fixed_normalised=_normalised(fixed, fixed_array, fixed_mask_array, settings.intensity_normalisation),
+        moving_normalised=_normalised(moving, moving_array, moving_mask_array, settings.intensity_normalisation),
+        fixed_mask=_as_mask(fixed_mask, fixed), moving_mask=_as_mask(moving_mask, moving),
+        fixed_segmentation=fixed_segmentation, moving_segmentation=moving_segmentation, labels=labels)
+
+
+def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: sitk.Image,
+              transform: Optional[sitk.Transform], inputs: _Inputs, settings: RegistrationSettings,
+              device: torch.device) -> torch.Tensor:
+    """The feature channels of one image on the working grid (the moving one through ``transform``)."""
+    channels = []
+    intensity = to_tensor(resample(normalised, grid, transform), device)
+    if "intensity" in settings.features:
+        channels.append(intensity)
+    if "mind" in settings.features:
+        channels.append(mind_ssc(intensity, dilation=settings.mind_dilation))
+    if "sdm" in settings.features:
+        labels = sitk.GetArrayFromImage(resample(segmentation, grid, transform, sitk.sitkNearestNeighbor,
+                                                 pixel_type=sitk.sitkInt32))
+        sdm = signed_distance_maps(labels, inputs.labels, grid.GetSpacing()[0], settings.sdm_clip_mm)
+        channels.append(torch.from_numpy(sdm).to(device)[None])
+    return torch.cat(channels, dim=1)
+
+
+def _weight(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform],
+            device: torch.device) -> Optional[torch.Tensor]:
+    """Where the data term counts: inside the fixed mask and the pre-aligned moving mask."""
+    weight = None
+    for mask, mask_transform in ((inputs.fixed_mask, None), (inputs.moving_mask, transform)):
+        if mask is not None:
+            m = to_tensor(resample(mask, grid, mask_transform, sitk.sitkNearestNeighbor), device)
+            weight = m if weight is None else weight * m
+    return weight
+
+
+def _gauss_newton_config(settings: RegistrationSettings, device: torch.device) -> GaussNewtonConfig:
+    return GaussNewtonConfig(
+        iterations=settings.iterations, levels=settings.levels, grid_stride=settings.grid_stride,
+        lambda_start=settings.lambda_start * settings.regularisation,
+        lambda_end=settings.lambda_end * settings.regularisation,
+        momentum=settings.momentum, update_smoothing=settings.update_smoothing,
+        solver=resolve_backend(settings.solver, device),
+        solver_options=SolverOptions(settings.cg_tolerance, settings.cg_max_iterations))
+
+
+def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform],
+                settings: RegistrationSettings, device: torch.device,
+                tracker: ProgressTracker) -> Tuple[sitk.Image, Dict[str, float]]:
+    """Features and Gauss-Newton on ``device``; returns the working-grid field (mm) and feature residuals."""
+    tracker.start("features", f"computing {', '.join(settings.features)} features on {device}")
+    fixed_features = _features(inputs.fixed_normalised, inputs.fixed_segmentation, grid, None, inputs, settings, device)
+    tracker.update(0.5, "moving features")
+    moving_features = _features(inputs.moving_normalised, inputs.moving_segmentation, grid, transform, inputs,
+                                settings, device)
+    weight = _weight(inputs, grid, transform, device)
+    predictors = load_model(settings.model).to(device) if settings.model else None
+    config = _gauss_newton_config(settings, device)
+    tracker.start("gauss-newton", f"Gauss-Newton on {device}")
+    total_steps = config.iterations * config.levels
+
+    def on_iteration(level: int, iteration: int, per_level: int) -> None:
+        step = level * per_level + iteration + 1
+        tracker.update(step / total_steps, f"level {level + 1}/{config.levels}, iteration {iteration + 1}/{per_level}")
+
+    with torch.no_grad():
+        displacement = gauss_newton(fixed_features, moving_features, config, weight=weight,
+                                    predictors=predictors, on_iteration=on_iteration)
+        residual = {
+            "feature_residual_prealigned": _mean_squared(fixed_features - moving_features, weight),
+            "feature_residual_after": _mean_squared(fixed_features - warp(moving_features, displacement), weight),
+        }
+    return voxel_field_to_image(displacement, grid), residual
+
+
+def _mean_squared(difference: torch.Tensor, weight: Optional[torch.Tensor]) -> float:
+    squared = difference.pow(2).mean(dim=1, keepdim=True)
+    if weight is None:
+        return float(squared.mean())
+    return float((squared * weight).sum() / weight.sum().clamp_min(1.0))
+
+
+def _check_overlap(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform]) -> None:
+    ones = sitk.Image(inputs.moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(inputs.moving)
+    coverage = sitk.GetArrayFromImage(resample(ones, grid, transform, sitk.sitkNearestNeighbor,
+                                                   pixel_type=sitk.sitkUInt8)).mean()
+    if coverage < MIN_OVERLAP:
+        raise InputError(f"after pre-alignment the moving image covers only {100 * coverage:.1f}% of the fixed "
+                         "image: the images do not overlap. Check their origins and orientations, give an "
+                         "initial transform, or enable pre-alignment (prealign='affine' or 'com')")
+
+
+def _metrics(inputs: _Inputs, field: sitk.Image, warped: sitk.Image, transform: Optional[sitk.Transform]) -> Dict[str, float]:
+    fixed = sitk.GetArrayViewFromImage(inputs.fixed)
+    mask = sitk.GetArrayViewFromImage(inputs.fixed_mask) > 0 if inputs.fixed_mask is not None else None
+    before = sitk.GetArrayFromImage(resample(inputs.moving, inputs.fixed, None, default_value=float("nan")))
+    prealigned = sitk.GetArrayFromImage(resample(inputs.moving, inputs.fixed, transform, default_value=float("nan")))
+    after = sitk.GetArrayViewFromImage(warped)
+
+    def ncc(moved: np.ndarray) -> float:
+        valid = np.isfinite(moved) if mask is None else np.isfinite(moved) & mask
+        return normalised_cross_correlation(fixed, np.nan_to_num(moved), valid) if valid.any() else float("nan")
+
+    metrics = {"ncc_before": ncc(before), "ncc_prealigned": ncc(prealigned), "ncc_after": ncc(after)}
+    metrics.update(jacobian_statistics(field, mask))
+    if inputs.fixed_segmentation is not None and inputs.moving_segmentation is not None:
+        fixed_labels = sitk.GetArrayViewFromImage(inputs.fixed_segmentation)
+        for key, moved_transform in (("before", None), ("after", displacement_transform(field))):
+            moved = sitk.GetArrayFromImage(resample(inputs.moving_segmentation, inputs.fixed, moved_transform,
+                                                        sitk.sitkNearestNeighbor, pixel_type=sitk.sitkInt32))
+            metrics[f"dice_{key}"] = mean_dice(fixed_labels, moved, inputs.labels)
+    metrics["similarity_before"], metrics["similarity_after"] = metrics["ncc_before"], metrics["ncc_after"]
+    return metrics
+
+
+def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", device: str = "auto",
+             fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
+             fixed_segmentation: Optional[sitk.Image] = None, moving_segmentation: Optional[sitk.Image] = None,
+             initial_transform: Optional[sitk.Transform] = None,
+             progress: Optional[Callable[[ProgressEvent], None]] = None,
+             cancel: Optional[Callable[[], bool]] = None, **overrides: Any) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``; see docs/ENGINE_API.md.  Inputs are never modified."""
+    tracker = ProgressTracker(progress, cancel)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.start("prepare", "checking inputs")
+        settings = get_preset(preset).settings.replace(**overrides)
+        inputs = _check_inputs(fixed, moving, fixed_mask, moving_mask, fixed_segmentation, moving_segmentation,
+                               settings)
+        torch_device = resolve_device(device)
+        tracker.start("prealign", f"pre-alignment: {settings.prealign}")
+        transform = prealign(inputs.fixed_normalised, inputs.moving_normalised, settings.prealign,
+                             initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask)
+        grid = working_grid(fixed, working_spacing(fixed, settings.max_working_voxels, settings.working_spacing))
+        _check_overlap(inputs, grid, transform)
+        try:
+            working_field, residuals = _deformable(inputs, grid, transform, settings, torch_device, tracker)
+        except Exception as error:
+            if torch_device.type != "cuda" or not is_out_of_memory(error):
+                raise
+            warnings.warn(f"the GPU ran out of memory ({error}); running again on the CPU", RuntimeWarning)
+            torch.cuda.empty_cache()
+            torch_device = torch.device("cpu")
+            working_field, residuals = _deformable(inputs, grid, transform, settings, torch_device, tracker)
+        tracker.start("output", "composing the displacement field and warping")
+        field = compose_to_field([transform, displacement_transform(working_field)], fixed)
+        low = float(sitk.GetArrayViewFromImage(moving).min())
+        warped = resample(moving, fixed, displacement_transform(field), default_value=low)
+        tracker.update(0.5, "quality figures")
+        metrics = _metrics(inputs, field, warped, transform)
+        metrics.update(residuals)
+        tracker.finish()
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    timings = dict(tracker.timings)
+    timings["total"] = sum(timings.values())
+    return RegistrationResult(displacement=field, warped=warped, prealignment=transform, metrics=metrics,
+                              timings=timings, device=describe(torch_device), preset=preset, settings=settings,
+                              warnings=[str(w.message) for w in caught])

@@ -1,0 +1,111 @@
+"""User-facing settings of a registration and the named presets that fill them."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from .errors import InputError
+from .features import FEATURE_TYPES
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """Everything that decides the result; saved in every summary so a run can be repeated."""
+
+    features: Tuple[str, ...] = ("mind",)
+    intensity_normalisation: str = "auto"       # auto | ct | mr
+    prealign: str = "affine"                    # affine | com | none
+    iterations: int = 10
+    levels: int = 1
+    grid_stride: int = 4                        # control-point spacing in working voxels
+    lambda_start: float = 0.05
+    lambda_end: float = 0.01
+    regularisation: float = 1.0                 # multiplies the lambda schedule: higher is smoother
+    momentum: float = 0.5
+    update_smoothing: float = 0.0               # Gaussian sigma (control points) applied to each update
+    working_spacing: Optional[float] = None     # isotropic mm; None picks it from max_working_voxels
+    max_working_voxels: int = 4_000_000
+    mind_dilation: int = 2
+    sdm_clip_mm: float = 40.0
+    solver: str = "auto"                        # auto | torch | cupy
+    cg_tolerance: float = 1e-3
+    cg_max_iterations: int = 40
+    model: Optional[str] = None                 # name of a shipped learned model, None for classic GN
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in FEATURE_TYPES]
+        if not self.features or unknown:
+            raise InputError(f"unknown feature type(s) {unknown or '(none)'}; choose from {', '.join(FEATURE_TYPES)}")
+        if self.prealign not in ("affine", "com", "none"):
+            raise InputError(f"prealign must be affine, com or none, not {self.prealign!r}")
+        checks = {
+            "iterations": self.iterations >= 1, "levels": 1 <= self.levels <= 4,
+            "grid_stride": 1 <= self.grid_stride <= 16, "regularisation": self.regularisation > 0,
+            "lambda_start": self.lambda_start > 0, "lambda_end": self.lambda_end > 0,
+            "momentum": 0 <= self.momentum < 1, "update_smoothing": self.update_smoothing >= 0,
+            "max_working_voxels": self.max_working_voxels >= 32 ** 3,
+            "working_spacing": self.working_spacing is None or self.working_spacing > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise InputError(f"setting out of range: {values}; see learngn.RegistrationSettings for the valid ranges")
+
+    def replace(self, **overrides: Any) -> "RegistrationSettings":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        if "features" in overrides and isinstance(overrides["features"], str):
+            overrides["features"] = tuple(s.strip() for s in overrides["features"].split(",") if s.strip())
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["features"] = list(self.features)
+        return out
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    settings: RegistrationSettings = field(default_factory=RegistrationSettings)
+    needs_segmentations: bool = False
+
+
+PRESETS: Dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> None:
+    PRESETS[preset.name] = preset
+
+
+register_preset(Preset(
+    "generic",
+    "Any modality: MIND-SSC features, classic Gauss-Newton (no learned weights), affine pre-alignment.",
+))
+register_preset(Preset(
+    "segmentation-guided",
+    "The paper's 3D setting: signed distance maps of segmentations of both images, classic Gauss-Newton.",
+    RegistrationSettings(features=("sdm",), lambda_start=0.5, lambda_end=0.1),
+    needs_segmentations=True,
+))
+
+
+def get_preset(name: str) -> Preset:
+    from .models import register_model_presets  # learned presets appear once their weights are found
+
+    register_model_presets()
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def list_presets() -> Dict[str, str]:
+    """Preset names and one-line descriptions."""
+    from .models import register_model_presets
+
+    register_model_presets()
+    return {name: preset.description for name, preset in sorted(PRESETS.items())}
