@@ -1,0 +1,60 @@
+"""The widget's processing states and how the Apply button looks in each.
+
+Idle -> Running (Apply became Cancel) -> Cancelling (button disabled until the worker is gone)
+-> Idle.  Kept out of the widget so the rules are tested without Qt.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .i18n import tr as _
+
+
+class ProcessingState(enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+
+
+@dataclass(frozen=True)
+class ButtonLook:
+    text: str
+    tooltip: str
+    enabled: bool
+
+
+def apply_button(state: ProcessingState, can_apply: bool, missing: str = "") -> ButtonLook:
+    """The Apply/Cancel button for ``state``; ``missing`` says what the user must still select."""
+    if state == ProcessingState.RUNNING:
+        return ButtonLook(_("Cancel"), _("Stop the registration; nothing is added to the scene."), True)
+    if state == ProcessingState.CANCELLING:
+        return ButtonLook(_("Cancelling..."), _("Waiting for the registration to stop."), False)
+    if can_apply:
+        return ButtonLook(_("Apply"), _("Register the moving volume to the fixed volume."), True)
+    return ButtonLook(_("Apply"), missing or _("Select the fixed and the moving volume."), False)
+
+
+def inputs_editable(state: ProcessingState) -> bool:
+    """Inputs are locked while a registration runs, so what is shown is what runs."""
+    return state == ProcessingState.IDLE
+
+
+def stage_label(stage: str) -> str:
+    """Human name of a progress stage (the engine's, or the module's own)."""
+    labels = {
+        "export": _("Writing inputs"),
+        "device": _("Checking the GPU"),
+        "start": _("Starting"),
+        "prepare": _("Preparing"),
+        "prealign": _("Pre-aligning"),
+        "features": _("Computing features"),
+        "gauss-newton": _("Gauss-Newton optimisation"),
+        "output": _("Writing results"),
+        "load": _("Loading results"),
+        "cancelling": _("Cancelling"),
+        "cancelled": _("Cancelled"),
+        "failed": _("Failed"),
+        "done": _("Done"),
+    }
+    return labels.get(stage, stage)
