@@ -89,7 +89,7 @@ register_preset(Preset(
 register_preset(Preset(
     "segmentation-guided",
     "The paper's 3D setting: signed distance maps of segmentations of both images, classic Gauss-Newton.",
-    RegistrationSettings(features=("sdm",), lambda_start=0.5, lambda_end=0.1),
+    RegistrationSettings(features=("sdm",), lambda_start=0.0008, lambda_end=0.00016, sdm_clip_mm=100.0),
     needs_segmentations=True,
 ))
 
