@@ -245,6 +245,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         tracker.start("prealign", f"pre-alignment: {settings.prealign}")
         transform = prealign(inputs.fixed_normalised, inputs.moving_normalised, settings.prealign,
                              initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask)
+        tracker.update(1.0, "pre-alignment done")  # honours a cancel that arrived during the affine fit
         grid = working_grid(fixed, working_spacing(fixed, settings.max_working_voxels, settings.working_spacing))
         _check_overlap(inputs, grid, transform)
         try:

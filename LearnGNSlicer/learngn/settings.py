@@ -37,8 +37,11 @@ class RegistrationSettings:
         unknown = [f for f in self.features if f not in FEATURE_TYPES]
         if not self.features or unknown:
             raise InputError(f"unknown feature type(s) {unknown or '(none)'}; choose from {', '.join(FEATURE_TYPES)}")
-        if self.prealign not in ("affine", "com", "none"):
-            raise InputError(f"prealign must be affine, com or none, not {self.prealign!r}")
+        choices = {"prealign": ("affine", "com", "none"), "solver": ("auto", "torch", "cupy"),
+                   "intensity_normalisation": ("auto", "ct", "mr")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         checks = {
             "iterations": self.iterations >= 1, "levels": 1 <= self.levels <= 4,
             "grid_stride": 1 <= self.grid_stride <= 16, "regularisation": self.regularisation > 0,

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 #: Added to the diagonal (times lam) so the system stays positive definite where the data term is zero.
 DIAGONAL_EPSILON = 1e-6
 
@@ -191,9 +193,10 @@ def resolve_backend(name: str, device: torch.device) -> str:
     if name == "auto":
         return "cupy" if device.type == "cuda" and cupy_available() else "torch"
     if name not in BACKENDS:
-        raise ValueError(f"unknown solver backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+        raise InputError(f"unknown solver backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
     if name == "cupy" and (device.type != "cuda" or not cupy_available()):
-        raise ValueError("the cupy solver needs CuPy and a CUDA device; use solver='torch' or 'auto'")
+        raise InputError("the cupy solver needs CuPy (pip install cupy-cuda12x) and a CUDA device; "
+                         "use solver='torch' or 'auto'")
     return name
 
 

@@ -1,0 +1,57 @@
+"""The command registry and option parsing, in process (fast)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+import pytest
+
+from cli_helpers import learngn
+
+
+def test_registry_picks_up_a_module_that_follows_the_protocol(monkeypatch, capsys):
+    import learngn.cli as cli
+
+    module = types.ModuleType("learngn.cli.hello")
+    module.add_parser = lambda subparsers: subparsers.add_parser("hello", help="say hello")
+    module.run = lambda args: print("hello from", args.command) or 7
+    monkeypatch.setitem(sys.modules, "learngn.cli.hello", module)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "hello", "not_written_yet"))
+    assert cli.main(["hello"]) == 7
+    assert "hello from hello" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {name} " in listed for name in ("register", "batch", "demo", "presets", "hello"))
+
+
+def test_set_values_take_the_type_of_the_setting():
+    from learngn import InputError
+    from learngn.cli.options import settings_overrides
+
+    args = argparse.Namespace(setting_iterations=5, settings=[("working_spacing", "none"), ("momentum", "0.7"),
+                                                              ("features", "mind, intensity"), ("iterations", "5")])
+    assert settings_overrides(args) == {"iterations": 5, "working_spacing": None, "momentum": 0.7,
+                                        "features": ("mind", "intensity")}
+    with pytest.raises(InputError, match="given twice"):
+        settings_overrides(argparse.Namespace(setting_iterations=5, settings=[("iterations", "6")]))
+
+
+def test_presets_are_listed_with_descriptions():
+    from learngn import list_presets
+
+    for args in (["presets"], ["register", "--list-presets"]):
+        run = learngn(*args)
+        assert run.returncode == 0, run.stderr
+        for name, description in list_presets().items():
+            assert f"{name}  " in run.stdout and description in run.stdout
+
+
+def test_register_help_lists_the_contract_options():
+    run = learngn("register", "--help")
+    for option in ("--fixed-mask", "--moving-mask", "--fixed-segmentation", "--moving-segmentation", "--preset",
+                   "--device", "--initial-transform", "--iterations", "--grid-stride", "--regularisation",
+                   "--prealign", "--levels", "--working-spacing", "--solver", "--set", "--progress", "--overwrite",
+                   "--field-format"):
+        assert option in run.stdout, option
