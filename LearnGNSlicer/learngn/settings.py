@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -42,6 +43,13 @@ class RegistrationSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        numeric = ("iterations", "levels", "grid_stride", "lambda_start", "lambda_end", "regularisation", "momentum",
+                   "update_smoothing", "max_working_voxels", "mind_dilation", "sdm_clip_mm", "cg_tolerance",
+                   "cg_max_iterations") + (() if self.working_spacing is None else ("working_spacing",))
+        not_numbers = [n for n in numeric
+                       if isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), numbers.Real)]
+        if not_numbers:
+            raise InputError("settings must be numbers: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in not_numbers))
         checks = {
             "iterations": self.iterations >= 1, "levels": 1 <= self.levels <= 4,
             "grid_stride": 1 <= self.grid_stride <= 16, "regularisation": self.regularisation > 0,

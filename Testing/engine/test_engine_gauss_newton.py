@@ -1,0 +1,132 @@
+"""The Gauss-Newton stage on tensors: recovers a translation, is differentiable, warps as documented."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from learngn.gauss_newton import (GaussNewtonConfig, gauss_newton, gauss_newton_terms, lambda_schedule,
+                                  pool_to_grid, upsample_from_grid, warp)
+from learngn.predictors import GaussNewtonPredictors
+from learngn.solver import SolverOptions
+
+SHAPE = (32, 32, 32)
+CENTRE = (15.5, 15.5, 15.5)
+SHIFT = (1.5, -1.0, 2.0)  # voxels along (z, y, x)
+
+
+def blob(shape=SHAPE, centre=CENTRE, sigma=5.0, dtype=torch.float32) -> torch.Tensor:
+    axes = [torch.arange(n, dtype=dtype) for n in shape]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    squared = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2
+    return torch.exp(-squared / (2 * sigma ** 2))[None, None]
+
+
+@pytest.fixture(scope="module")
+def blob_pair():
+    """The moving blob is the fixed one moved by +SHIFT voxels: moving(x) = fixed(x - SHIFT), so the
+    displacement u with moving(x + u(x)) = fixed(x) is u = +SHIFT."""
+    fixed = blob()
+    moving = blob(centre=tuple(c + s for c, s in zip(CENTRE, SHIFT)))
+    return fixed, moving
+
+
+@pytest.mark.parametrize("config", [GaussNewtonConfig(), GaussNewtonConfig(lambda_start=0.05, lambda_end=0.01, levels=2)],
+                         ids=["defaults", "two-levels"])
+def test_translation_of_a_blob_is_recovered(blob_pair, config):
+    fixed, moving = blob_pair
+    u = gauss_newton(fixed, moving, config)
+    assert u.shape == (1, 3, *SHAPE)
+    at_centre = u[0, :, 16, 16, 16].numpy()
+    assert np.allclose(at_centre, SHIFT, atol=0.3), f"u at the centre {at_centre}, expected {SHIFT}"
+    before = float(((moving - fixed) ** 2).mean())
+    after = float(((warp(moving, u) - fixed) ** 2).mean())
+    assert after < 0.05 * before, f"residual only went from {before:.3g} to {after:.3g}"
+
+
+def test_identical_images_give_zero_displacement(blob_pair):
+    fixed, _ = blob_pair
+    u = gauss_newton(fixed, fixed.clone(), GaussNewtonConfig(iterations=3))
+    assert float(u.abs().max()) < 1e-6
+
+
+def test_iteration_callback_reports_every_step(blob_pair):
+    fixed, moving = blob_pair
+    calls = []
+    gauss_newton(fixed, moving, GaussNewtonConfig(iterations=3, levels=2), on_iteration=lambda *a: calls.append(a))
+    assert calls == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3), (1, 1, 3), (1, 2, 3)]
+
+
+def test_gradients_reach_the_predictors(blob_pair):
+    """Training back-propagates a loss through the unrolled steps into the predictors' weights."""
+    fixed, moving = blob_pair
+    small = (slice(None), slice(None), slice(8, 24), slice(8, 24), slice(8, 24))
+    fixed, moving = fixed[small].contiguous(), moving[small].contiguous()
+    predictors = GaussNewtonPredictors()
+    config = GaussNewtonConfig(iterations=2, lambda_start=0.05, lambda_end=0.02,
+                               solver_options=SolverOptions(tol=1e-4, maxiter=50))
+    u = gauss_newton(fixed, moving, config, predictors=predictors)
+    loss = ((warp(moving, u) - fixed) ** 2).mean()
+    loss.backward()
+    for name in ("jacobian.first.weight", "jacobian.branch_out.weight", "residual.first.weight"):
+        grad = dict(predictors.named_parameters())[name].grad
+        assert grad is not None, f"no gradient reached {name}"
+        assert torch.isfinite(grad).all(), f"non-finite gradient in {name}"
+        assert float(grad.abs().max()) > 0, f"zero gradient in {name}"
+
+
+def test_untrained_predictors_equal_classic_gauss_newton(blob_pair):
+    fixed, moving = blob_pair
+    config = GaussNewtonConfig(iterations=3)
+    classic = gauss_newton(fixed, moving, config)
+    with torch.no_grad():
+        learned = gauss_newton(fixed, moving, config, predictors=GaussNewtonPredictors())
+    assert torch.allclose(classic, learned, atol=1e-4)
+
+
+def test_lambda_schedule_is_log_spaced():
+    values = lambda_schedule(2.0, 0.4, 5)
+    assert len(values) == 5
+    assert values[0] == pytest.approx(2.0) and values[-1] == pytest.approx(0.4)
+    ratios = np.array(values[1:]) / np.array(values[:-1])
+    assert np.allclose(ratios, ratios[0]) and ratios[0] < 1.0  # geometric, decreasing
+    assert lambda_schedule(0.05, 0.01, 1) == [pytest.approx(0.05)]
+
+
+def test_warp_with_zero_displacement_is_identity():
+    volume = torch.rand(2, 3, 7, 9, 11, generator=torch.Generator().manual_seed(0))
+    out = warp(volume, torch.zeros(1, 3, 7, 9, 11))
+    assert torch.allclose(out, volume, atol=1e-5)
+
+
+def test_warp_with_integer_shift_is_a_roll_in_the_interior():
+    """warp samples volume(x + u): u = +2 along x (last axis) and -1 along z reads the voxel 2 ahead in x
+    and 1 behind in z, i.e. torch.roll by (-2, +1)."""
+    volume = torch.rand(1, 1, 10, 12, 14, generator=torch.Generator().manual_seed(1))
+    u = torch.zeros(1, 3, 10, 12, 14)
+    u[:, 0] = -1.0  # z
+    u[:, 2] = 2.0   # x
+    out = warp(volume, u)
+    rolled = torch.roll(volume, shifts=(1, -2), dims=(2, 4))
+    interior = (slice(None), slice(None), slice(1, None), slice(None), slice(None, -2))
+    assert torch.allclose(out[interior], rolled[interior], atol=1e-5)
+
+
+def test_pooling_and_upsampling_agree_on_control_point_positions():
+    """A linear ramp pooled to the control grid and interpolated back is the ramp again (away from the
+    far edge): the control points sit at the centres of the voxels they pool."""
+    shape = (16, 12, 20)
+    ramp = torch.arange(shape[2], dtype=torch.float32).view(1, 1, 1, 1, -1).expand(1, 3, *shape).contiguous()
+    back = upsample_from_grid(pool_to_grid(ramp, 4), 4, shape)
+    assert back.shape == ramp.shape
+    assert torch.allclose(back[..., 2:-2], ramp[..., 2:-2], atol=1e-5)
+
+
+def test_terms_are_zero_where_the_weight_is_zero(blob_pair):
+    fixed, moving = blob_pair
+    weight = torch.zeros(1, 1, *SHAPE)
+    weight[..., :16] = 1.0
+    hessian, gradient = gauss_newton_terms(moving, fixed, weight, None, 4)
+    assert hessian.shape == (3, 8, 8, 8)
+    assert float(hessian[..., 4:].abs().max()) == 0.0 and float(gradient[..., 4:].abs().max()) == 0.0
+    assert float(hessian[..., :4].abs().max()) > 0.0

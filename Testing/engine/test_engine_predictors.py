@@ -1,0 +1,190 @@
+"""The learned predictors and the shipped-model machinery (cards, checksums, safe loading)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import learngn
+from learngn import models, settings
+from learngn.models import load_model, load_predictors_file, sha256
+from learngn.predictors import GaussNewtonPredictors, central_differences, classic_terms
+
+
+def random_pair(seed=0, shape=(2, 1, 9, 10, 11)):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
+
+
+def perturbed_model(seed=0) -> GaussNewtonPredictors:
+    """A model whose weights differ from the initial ones (what training produces)."""
+    torch.manual_seed(seed)
+    model = GaussNewtonPredictors()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    """An empty models folder searched first, a clean model cache and a private preset table."""
+    monkeypatch.setenv(models.MODEL_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(settings, "PRESETS", dict(settings.PRESETS))
+    load_model.cache_clear()
+    yield tmp_path
+    load_model.cache_clear()
+
+
+def write_model(folder, name, model, **card):
+    weights = folder / f"{name}.pt"
+    torch.save(model.state_dict(), weights)
+    card.setdefault("sha256", sha256(weights))
+    (folder / f"{name}.json").write_text(json.dumps(card), encoding="utf-8")
+    return weights
+
+
+# -- the predictors ----------------------------------------------------------------------------------
+
+def test_untrained_predictors_equal_classic_terms():
+    warped, fixed = random_pair()
+    with torch.no_grad():
+        residual, jacobian = GaussNewtonPredictors()(warped, fixed)
+    classic_residual, classic_jacobian = classic_terms(warped, fixed)
+    assert residual.shape == (2, 1, 9, 10, 11) and jacobian.shape == (2, 3, 9, 10, 11)
+    assert torch.allclose(residual, classic_residual, atol=1e-6)
+    assert torch.allclose(jacobian, classic_jacobian, atol=1e-6)
+
+
+def test_central_differences_of_a_ramp():
+    z, y, x = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (6, 7, 8)], indexing="ij")
+    ramp = (2.0 * z - 3.0 * y + 0.5 * x)[None, None]
+    d = central_differences(ramp)[0, :, 1:-1, 1:-1, 1:-1]
+    assert torch.allclose(d[0], torch.tensor(2.0)) and torch.allclose(d[1], torch.tensor(-3.0))
+    assert torch.allclose(d[2], torch.tensor(0.5))
+
+
+def test_trained_predictors_differ_from_classic():
+    """The equality above is not vacuous: changed weights change the output."""
+    warped, fixed = random_pair()
+    with torch.no_grad():
+        _, jacobian = perturbed_model()(warped, fixed)
+    assert not torch.allclose(jacobian, classic_terms(warped, fixed)[1], atol=1e-3)
+
+
+def test_state_dict_round_trip(tmp_path):
+    model = perturbed_model()
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    loaded = GaussNewtonPredictors()
+    loaded.load_state_dict(torch.load(path, weights_only=True))
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_load_predictors_file(tmp_path):
+    model = perturbed_model(1)
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_predictors_file(path)
+    assert isinstance(loaded, GaussNewtonPredictors) and not loaded.training
+    warped, fixed = random_pair(2)
+    with torch.no_grad():
+        for a, b in zip(model(warped, fixed), loaded(warped, fixed)):
+            assert torch.equal(a, b)
+
+
+def test_corrupt_weights_file_is_an_input_error(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"this is not a torch file\x00\x01\x02" * 10)
+    with pytest.raises(learngn.InputError, match="cannot read model weights.*corrupt"):
+        load_predictors_file(path)
+
+
+def test_truncated_weights_file_is_an_input_error(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(perturbed_model().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(learngn.InputError, match="cannot read model weights"):
+        load_predictors_file(path)
+
+
+def test_mismatched_state_dict_is_an_input_error(tmp_path):
+    path = tmp_path / "other.pt"
+    state = GaussNewtonPredictors().state_dict()
+    state["jacobian.first.weight"] = torch.zeros(3, 2, 5, 5, 5)  # other kernel size
+    torch.save(state, path)
+    with pytest.raises(learngn.InputError, match="do not match this version"):
+        load_predictors_file(path)
+    torch.save({"something": torch.zeros(3)}, path)
+    with pytest.raises(learngn.InputError, match="do not match this version"):
+        load_predictors_file(path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pickled_code_is_refused(tmp_path):
+    """weights_only loading: a file that would run code on unpickling is refused, not executed."""
+    import pickle
+
+    marker = tmp_path / "executed"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"jacobian.first.weight": Exploit()}, handle)
+    with pytest.raises(learngn.InputError):
+        load_predictors_file(path)
+    assert not marker.exists()
+
+
+# -- models found through their cards ----------------------------------------------------------------
+
+def test_model_card_with_correct_checksum_loads(model_dir):
+    model = perturbed_model(2)
+    write_model(model_dir, "mymodel", model)
+    loaded = load_model("mymodel")
+    assert torch.equal(loaded.jacobian.first.weight, model.jacobian.first.weight)
+
+
+def test_model_card_with_wrong_checksum_is_an_input_error(model_dir):
+    write_model(model_dir, "tampered", perturbed_model(), sha256="0" * 64)
+    with pytest.raises(learngn.InputError, match="checksum"):
+        load_model("tampered")
+
+
+def test_missing_model_and_missing_weights_are_input_errors(model_dir):
+    with pytest.raises(learngn.InputError, match="no learned model named 'absent'"):
+        load_model("absent")
+    (model_dir / "noweights.json").write_text(json.dumps({"weights": "gone.pt"}), encoding="utf-8")
+    with pytest.raises(learngn.InputError, match="missing"):
+        load_model("noweights")
+
+
+def test_model_card_with_a_preset_becomes_a_preset(model_dir):
+    write_model(model_dir, "learned-test", GaussNewtonPredictors(), preset="learned-test-preset",
+                description="test model", settings={"features": ["mind"], "iterations": 3})
+    presets = learngn.list_presets()
+    assert presets["learned-test-preset"] == "test model"
+    preset = settings.get_preset("learned-test-preset")
+    assert preset.settings.model == "learned-test" and preset.settings.iterations == 3
+    assert preset.settings.features == ("mind",)
+
+
+def test_untrained_model_preset_registers_like_classic(model_dir, tiny_pair):
+    """End to end through a model card: an untrained model gives the classic result."""
+    write_model(model_dir, "untrained", GaussNewtonPredictors(), preset="untrained-preset",
+                settings={"iterations": 2, "prealign": "none"})
+    fixed, moving = tiny_pair
+    learned = learngn.register(fixed, moving, preset="untrained-preset")
+    classic = learngn.register(fixed, moving, iterations=2, prealign="none")
+    assert learned.settings.model == "untrained"
+    a = sitk.GetArrayFromImage(learned.displacement)
+    b = sitk.GetArrayFromImage(classic.displacement)
+    assert np.abs(b).max() > 0.5, "the classic run did not move; the comparison would be vacuous"
+    assert np.allclose(a, b, atol=1e-2), f"max difference {np.abs(a - b).max():.3g} mm"
