@@ -1,0 +1,374 @@
+"""``train(config)``: unroll the differentiable Gauss-Newton steps and fit the J and f predictors.
+
+One step: draw a random pair of training cases, augment each (random affine + elastic, the same
+coordinates for its features and its labels), crop, compute the features (distance maps, or MIND of a
+synthetic CT / of the image), run the engine's :func:`learngn.gauss_newton.gauss_newton` with the
+predictors being trained, warp the moving one-hot labels with the resulting displacement and score them
+against the fixed ones (soft Dice or weighted cross-entropy) plus a smoothness penalty.
+
+Every random choice of step ``s`` comes from a generator seeded with ``(seed, s)``, so a run is
+reproducible and a resumed run continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..features import CT_WINDOW, intensity_window, mind_ssc, normalise_intensity
+from ..gauss_newton import GaussNewtonConfig, gauss_newton, warp
+from ..predictors import GaussNewtonPredictors
+from ..quality import dice_per_label
+from .augment import AugmentOptions, crop_coordinates, crop_start, random_coordinates, sample
+from .config import TrainConfig
+from .data import CaseData, Dataset, Pair, load_case, open_dataset
+from .losses import folding, one_hot, smoothness, soft_dice, weighted_cross_entropy
+from .progressbar import ProgressBar
+from .synthesis import synthetic_ct
+
+CHECKPOINT = "checkpoint.pt"
+LOG_FIELDS = ("step", "loss", "label_loss", "smoothness", "train_dice", "val_dice", "seconds")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    weights: Path
+    log: List[Dict[str, float]]
+    val_dice_initial: Optional[float]
+    val_dice_final: Optional[float]
+    steps: int
+
+
+@dataclass
+class PreparedData:
+    """Cases on the working grid, loaded once (distance maps precomputed: they are deterministic)."""
+
+    training: List[CaseData]
+    validation: Dict[str, CaseData]
+    validation_pairs: List[Pair]
+    label_values: List[int]
+    n_classes: int
+    windows: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    boxes: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def gn_config(config: TrainConfig) -> GaussNewtonConfig:
+    """The same Gauss-Newton configuration learngn.register builds from the card's settings (CPU solver)."""
+    return GaussNewtonConfig(iterations=config.iterations, lambda_start=config.lambda_start,
+                             lambda_end=config.lambda_end, grid_stride=config.grid_stride,
+                             momentum=config.momentum, levels=1, solver="torch")
+
+
+def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, validation: bool = True) -> PreparedData:
+    dataset = dataset or open_dataset(config.dataset, config.labels_dir, config.validation_cases)
+    dataset.check_disjoint()
+    names = dataset.training[: config.max_cases] if config.max_cases else dataset.training
+    if len(names) < 2:
+        raise InputError(f"training needs at least two training cases, found {len(names)}")
+    pairs = dataset.validation_pairs[: config.val_pairs] if validation else []
+    val_names = sorted({c for p in pairs for c in (p.fixed, p.moving)})
+    with_image = config.setting == "images"
+    loaded = {n: load_case(dataset.cases[n], config.working_spacing, [], with_sdm=False, with_image=with_image)
+              for n in list(names) + val_names}
+    if with_image and any(loaded[n].image is None for n in loaded):
+        raise InputError("the 'images' setting needs an image for every case; use 'synthetic' for label maps alone")
+    values = sorted({int(v) for n in loaded for v in np.unique(loaded[n].labels) if v != 0})
+    if not values:
+        raise InputError("the label maps contain no foreground label")
+    from ..features import signed_distance_maps
+
+    windows: Dict[str, Tuple[float, float]] = {}
+    boxes = {}
+    for name, case in loaded.items():
+        if config.setting == "sdm":
+            case.sdm = signed_distance_maps(case.labels, values, config.working_spacing, config.sdm_clip_mm)
+        if case.image is not None:
+            windows[name] = intensity_window(case.image.ravel(), "auto")
+        coords = np.nonzero(case.labels)
+        boxes[name] = (np.array([c.min() for c in coords]), np.array([c.max() for c in coords]))
+    return PreparedData([loaded[n] for n in names], {n: loaded[n] for n in val_names}, pairs, values,
+                        max(values) + 1, windows, boxes)
+
+
+def _channels_present(fixed: CaseData, moving: CaseData, values: Sequence[int]) -> List[int]:
+    """Distance-map channels of the labels in either case (register() uses that union too)."""
+    present = set(np.unique(fixed.labels)) | set(np.unique(moving.labels))
+    return [i for i, v in enumerate(values) if v in present]
+
+
+def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords: Optional[torch.Tensor],
+                 generator: Optional[torch.Generator], channels: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(1, C, ...)`` and soft one-hot labels ``(1, n_classes, ...)`` of a case, augmented by ``coords``.
+
+    ``generator`` None means evaluation: no randomness (the synthetic appearance is the fixed CT table).
+    """
+    labels = one_hot(torch.from_numpy(case.labels), data.n_classes)
+    if coords is not None:
+        labels = sample(labels, coords)
+    if config.setting == "sdm":
+        sdm = torch.from_numpy(case.sdm[list(channels)])[None]
+        features = sample(sdm, coords) if coords is not None else sdm
+        return features, labels
+    if config.setting == "synthetic":
+        hard = labels[0].argmax(0)
+        if generator is None:
+            seed = int("".join(ch for ch in case.name if ch.isdigit()) or 0)
+            hu = synthetic_ct(hard, torch.Generator().manual_seed(seed), spacing_mm=config.working_spacing,
+                              mode="ct", n_labels=data.n_classes)
+        else:
+            hu = synthetic_ct(hard, generator, spacing_mm=config.working_spacing, mode=config.synthesis,
+                              n_labels=data.n_classes)
+        intensity = normalise_intensity(hu, CT_WINDOW)
+    else:
+        image = torch.from_numpy(case.image)[None, None]
+        if coords is not None:
+            image = sample(image, coords)
+        intensity = normalise_intensity(image, data.windows[case.name])
+    return mind_ssc(intensity, dilation=config.mind_dilation), labels
+
+
+def _augment_options(config: TrainConfig) -> AugmentOptions:
+    return AugmentOptions(config.rotation_degrees, config.scale, config.translation_mm, config.elastic_mm)
+
+
+def training_sample(config: TrainConfig, data: PreparedData, step: int, index: int):
+    """The pair, features and labels of one training sample; depends only on (seed, step, index)."""
+    rng = np.random.default_rng([config.seed, step, index])
+    generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+    i, j = rng.choice(len(data.training), size=2, replace=False)
+    fixed, moving = data.training[int(i)], data.training[int(j)]
+    shape = fixed.shape
+    crop = tuple(config.crop) if config.crop else shape
+    low, high = data.boxes[fixed.name]
+    centre = [rng.uniform(lo, hi) for lo, hi in zip(low, high)]
+    start = crop_start(shape, crop, centre) if config.crop else (0, 0, 0)
+    channels = _channels_present(fixed, moving, data.label_values)
+    tensors = []
+    for case in (fixed, moving):
+        if config.augment:
+            coords = random_coordinates(start, crop, config.working_spacing, generator, _augment_options(config))
+        elif config.crop:
+            coords = crop_coordinates(start, crop)
+        else:
+            coords = None
+        tensors.append(case_tensors(config, data, case, coords, generator, channels))
+    (fixed_features, fixed_labels), (moving_features, moving_labels) = tensors
+    return (fixed.name, moving.name), fixed_features, fixed_labels, moving_features, moving_labels
+
+
+def sample_loss(config: TrainConfig, model: torch.nn.Module, config_gn: GaussNewtonConfig, sample_
+                ) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Label loss of the warped moving labels plus the weighted smoothness of the displacement."""
+    _, fixed_features, fixed_labels, moving_features, moving_labels = sample_
+    displacement = gauss_newton(fixed_features, moving_features, config_gn, predictors=model)
+    warped = warp(moving_labels, displacement)
+    present = (fixed_labels.sum((0, 2, 3, 4)) > 0) | (moving_labels.sum((0, 2, 3, 4)) > 0)
+    if config.loss == "dice":
+        label_loss = 1.0 - soft_dice(warped, fixed_labels, present)
+    else:
+        label_loss = weighted_cross_entropy(warped, fixed_labels)
+    smooth = smoothness(displacement)
+    loss = label_loss + config.smoothness_weight * smooth
+    if config.folding_weight > 0:
+        loss = loss + config.folding_weight * folding(displacement)
+    parts = {"loss": float(loss.detach()), "label_loss": float(label_loss.detach()),
+             "smoothness": float(smooth.detach()), "train_dice": hard_dice(fixed_labels, warped.detach())}
+    return loss, parts
+
+
+def hard_dice(fixed_labels: torch.Tensor, warped_labels: torch.Tensor) -> float:
+    """Mean Dice of the argmax labels over the foreground classes present in either."""
+    a = fixed_labels[0].argmax(0).numpy()
+    b = warped_labels[0].argmax(0).numpy()
+    values = list(dice_per_label(a, b, range(1, fixed_labels.shape[1])).values())
+    return float(np.mean(values)) if values else float("nan")
+
+
+def validate(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.Module]) -> Optional[float]:
+    """Mean Dice on the working grid over the monitored validation pairs (no augmentation, whole volumes)."""
+    if not data.validation_pairs:
+        return None
+    scores = []
+    with torch.no_grad():
+        for pair in data.validation_pairs:
+            fixed, moving = data.validation[pair.fixed], data.validation[pair.moving]
+            channels = _channels_present(fixed, moving, data.label_values)
+            fixed_features, fixed_labels = case_tensors(config, data, fixed, None, None, channels)
+            moving_features, moving_labels = case_tensors(config, data, moving, None, None, channels)
+            displacement = gauss_newton(fixed_features, moving_features, gn_config(config), predictors=model)
+            scores.append(hard_dice(fixed_labels, warp(moving_labels, displacement)))
+    return float(np.mean(scores))
+
+
+def trained_parameters(config: TrainConfig, model: torch.nn.Module) -> List[torch.nn.Parameter]:
+    """The parameters the run fits; the others keep their classic-GN initialisation."""
+    if config.trainable == "all":
+        return list(model.parameters())
+    part = model.residual if config.trainable == "residual" else model.jacobian
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in part.parameters():
+        parameter.requires_grad_(True)
+    return list(part.parameters())
+
+
+def make_optimiser(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    parameters = trained_parameters(config, model)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.learning_rate)
+    return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=0.9)
+
+
+def _save_checkpoint(path: Path, step: int, model, optimiser, config: TrainConfig, log) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "config": config.to_dict(), "log": log}, temporary)
+    temporary.replace(path)
+
+
+def _comparable(config: TrainConfig) -> Dict:
+    """The options that must not change between a checkpoint and its resumption."""
+    values = config.to_dict()
+    for key in ("output", "steps", "val_every", "checkpoint_every", "threads", "dataset", "labels_dir"):
+        values.pop(key, None)
+    return values
+
+
+def write_log(path: Path, log: List[Dict[str, float]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        for row in log:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_FIELDS})
+
+
+def plot_curves(path: Path, log: List[Dict[str, float]], title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in log if r.get("loss") is not None]
+    losses = [r["loss"] for r in log if r.get("loss") is not None]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if losses:
+        left.plot(steps, losses, color="0.7", lw=0.8, label="loss")
+        window = max(1, len(losses) // 10)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        left.plot(steps[window - 1:], smooth, color="C0", label=f"loss (mean of {window})")
+        train = [r["train_dice"] for r in log if r.get("loss") is not None]
+        left.plot(steps, train, color="C2", lw=0.6, alpha=0.6, label="training-pair Dice")
+    left.set_xlabel("step")
+    left.legend(fontsize=8)
+    left.set_title("training")
+    val = [(r["step"], r["val_dice"]) for r in log if r.get("val_dice") is not None]
+    if val:
+        right.plot(*zip(*val), "o-", color="C1")
+    right.set_xlabel("step")
+    right.set_ylabel("mean Dice (working grid)")
+    right.set_title("validation pairs")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          dataset: Optional[Dataset] = None) -> TrainResult:
+    """Train the predictors; writes checkpoint.pt, model.pt, log.csv, curves.png and config.json to ``output``."""
+    # oneDNN's 3D convolutions are several times slower than the native ones for these tiny channel counts
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration")
+        with torch.backends.mkldnn.flags(enabled=False):
+            return _train(config, resume=resume, progress=progress, dataset=dataset)
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool, dataset: Optional[Dataset]) -> TrainResult:
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = GaussNewtonPredictors()
+    optimiser = make_optimiser(config, model)
+    log: List[Dict[str, float]] = []
+    first_step = 0
+    checkpoint_path = output / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        saved = TrainConfig.from_dict(state["config"])
+        if _comparable(saved) != _comparable(config):
+            changed = sorted(k for k, v in _comparable(config).items() if _comparable(saved).get(k) != v)
+            raise InputError(f"cannot resume {checkpoint_path}: options changed since it was written ({', '.join(changed)})")
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        log = list(state["log"])
+        first_step = int(state["step"])
+    elif checkpoint_path.is_file() and not resume:
+        checkpoint_path.unlink()
+    config.save(output / "config.json")
+    data = prepare_data(config, dataset, validation=config.val_pairs > 0)
+    bar = ProgressBar(config.steps, "train", enabled=progress)
+    val_initial = next((r["val_dice"] for r in log if r.get("step") == 0 and r.get("val_dice") is not None), None)
+    if first_step == 0 and not log:
+        val_initial = validate(config, data, model) if config.val_pairs else None
+        log.append({"step": 0, "loss": None, "label_loss": None, "smoothness": None, "train_dice": None,
+                    "val_dice": val_initial, "seconds": 0.0})
+    last_val = next((r["val_dice"] for r in reversed(log) if r.get("val_dice") is not None), None)
+    config_gn = gn_config(config)
+    started = time.perf_counter()
+    for step in range(first_step + 1, config.steps + 1):
+        model.train()
+        optimiser.zero_grad()
+        totals = {"loss": 0.0, "label_loss": 0.0, "smoothness": 0.0, "train_dice": 0.0}
+        for index in range(config.batch_size):
+            sample_ = training_sample(config, data, step, index)
+            loss, parts = sample_loss(config, model, config_gn, sample_)
+            (loss / config.batch_size).backward()
+            for key, value in parts.items():
+                totals[key] += value / config.batch_size
+        if not all(math.isfinite(float(p.grad.abs().sum())) for p in model.parameters() if p.grad is not None):
+            raise RuntimeError(f"non-finite gradient at step {step}; lower the learning rate")
+        if config.optimizer == "nsgd":
+            # each step moves the weights by at most the learning rate (times momentum): the stencils
+            # start at classic GN, and a uniform per-weight step (Adam's) breaks their invariance to
+            # constant inputs at once
+            norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None))
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(norm.clamp_min(1e-12))
+        optimiser.step()
+        row: Dict[str, Optional[float]] = dict(step=step, **totals, val_dice=None,
+                                               seconds=round(time.perf_counter() - started, 2))
+        if config.val_pairs and config.val_every and (step % config.val_every == 0 or step == config.steps):
+            model.eval()
+            row["val_dice"] = last_val = validate(config, data, model)
+        log.append(row)
+        if step % max(config.checkpoint_every, 1) == 0 or step == config.steps:
+            _save_checkpoint(checkpoint_path, step, model, optimiser, config, log)
+        val_text = f"val Dice {last_val:.3f}" if last_val is not None else "val Dice -"
+        bar.update(step, f"loss {totals['loss']:.4f} | {val_text}")
+    bar.close()
+    if first_step >= config.steps and not checkpoint_path.is_file():
+        _save_checkpoint(checkpoint_path, config.steps, model, optimiser, config, log)
+    weights = output / "model.pt"
+    torch.save(model.state_dict(), weights)
+    write_log(output / "log.csv", log)
+    plot_curves(output / "curves.png", log, f"{config.setting}, {config.working_spacing} mm, stride "
+                f"{config.grid_stride}, {config.iterations} GN iterations, lambda {config.lambda_start}->{config.lambda_end}")
+    val_final = next((r["val_dice"] for r in reversed(log) if r.get("val_dice") is not None), None)
+    summary = {"steps": config.steps, "val_dice_initial": val_initial, "val_dice_final": val_final,
+               "validation_pairs": [[p.fixed, p.moving] for p in data.validation_pairs],
+               "training_cases": [c.name for c in data.training], "label_values": data.label_values}
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(output, weights, log, val_initial, val_final, config.steps)

@@ -1,0 +1,271 @@
+"""Training, synthesis, data parsing and evaluation on tiny generated label maps (fast, CPU)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import learngn
+from learngn.phantom import phantom_geometry, phantom_labels
+from learngn.training import TrainConfig, labels_folder, read_dataset_json, train
+from learngn.training.config import registration_settings_keys
+from learngn.training.evaluation import evaluate, hd95, parse_method
+from learngn.training.peers import PEERS, Peer
+from learngn.training.synthesis import SynthesisOptions, synthetic_ct, synthetic_ct_image
+from learngn.training.trainer import gn_config, prepare_data, sample_loss, training_sample
+
+CASES = 5
+
+
+@pytest.fixture(scope="module")
+def tiny_labels(tmp_path_factory) -> Path:
+    """Five phantom label maps (7 labels, 20x16x20 voxels of 10 mm) named like the Learn2Reg ones."""
+    folder = tmp_path_factory.mktemp("labels")
+    geometry = phantom_geometry((20, 16, 20), 10.0)
+    for i in range(1, CASES + 1):
+        sitk.WriteImage(phantom_labels(geometry, seed=i), str(folder / f"label_{i:04d}.nii.gz"))
+    return folder
+
+
+def tiny_config(folder: Path, output: Path, **changes) -> TrainConfig:
+    values = dict(output=str(output), labels_dir=str(folder), validation_cases=("0001", "0002"),
+                  setting="sdm", working_spacing=10.0, grid_stride=2, iterations=2, lambda_start=0.05,
+                  lambda_end=0.01, crop=(12, 12, 12), steps=3, learning_rate=5e-3, val_every=2, val_pairs=1,
+                  checkpoint_every=1, threads=1)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def state_of(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_labels_folder_keeps_validation_cases_out(tiny_labels):
+    dataset = labels_folder(tiny_labels, ["0001", "0002", "0003"])
+    assert dataset.training == ["0004", "0005"]
+    assert [(p.fixed, p.moving) for p in dataset.validation_pairs] == [("0001", "0002"), ("0001", "0003"),
+                                                                        ("0002", "0003")]
+
+
+def test_dataset_json_parsing(tmp_path):
+    spec = {
+        "name": "AbdomenCTCT", "labels": {"0": "background", "1": "spleen"},
+        "training": [{"image": f"./imagesTr/AbdomenCTCT_{i:04d}_0000.nii.gz",
+                      "label": f"./labelsTr/AbdomenCTCT_{i:04d}_0000.nii.gz"} for i in range(1, 6)]
+        + [{"label": "./labelsTr/extra_0009.nii.gz"}],
+        "registration_val": [{"fixed": "./imagesTr/AbdomenCTCT_0004_0000.nii.gz",
+                              "moving": "./imagesTr/AbdomenCTCT_0005_0000.nii.gz"}],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    dataset = read_dataset_json(tmp_path / "dataset.json")
+    assert dataset.training == ["0001", "0002", "0003", "0009"]
+    assert [(p.fixed, p.moving) for p in dataset.validation_pairs] == [("0004", "0005")]
+    assert dataset.cases["0004"].image == (tmp_path / "imagesTr/AbdomenCTCT_0004_0000.nii.gz").resolve()
+    assert dataset.cases["0009"].image is None
+    assert dataset.label_names == {0: "background", 1: "spleen"}
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(learngn.InputError):
+        read_dataset_json(tmp_path / "bad.json")
+
+
+def test_synthetic_ct_is_label_consistent():
+    labels = torch.zeros((24, 24, 24), dtype=torch.long)
+    labels[4:12, 4:20, 4:20] = 1
+    labels[12:20, 4:20, 4:20] = 2
+    labels[8:16, 8:16, 8:16] = 3
+    quiet = SynthesisOptions(texture_hu=(0, 0), noise_hu=(0, 0), bias=(0, 0), blur_voxels=(0, 0))
+    image = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0, options=quiet)[0, 0]
+    means = []
+    for label in (1, 2, 3):
+        values = image[labels == label]
+        assert torch.allclose(values, values[0].expand_as(values)), "a label must have one intensity"
+        means.append(float(values[0]))
+    assert len(set(np.round(means, 3))) == 3
+    assert float(image[0, 0, 0]) == pytest.approx(-1000.0)  # air far from the organs
+    noisy = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0)[0, 0]
+    for label, mean in zip((1, 2, 3), means):  # same draws: noise and bias only perturb the label's value
+        assert abs(float(noisy[labels == label].mean()) - mean) < 40.0
+    again = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0)
+    assert torch.equal(again[0, 0], noisy)
+
+
+def test_synthetic_ct_image_keeps_geometry(tiny_labels):
+    label_image = sitk.ReadImage(str(tiny_labels / "label_0001.nii.gz"))
+    image = synthetic_ct_image(label_image, seed=1)
+    assert image.GetSize() == label_image.GetSize() and image.GetOrigin() == label_image.GetOrigin()
+    again = synthetic_ct_image(label_image, seed=1)
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(again))
+
+
+def test_training_steps_reduce_the_loss(tiny_labels, tmp_path):
+    config = tiny_config(tiny_labels, tmp_path / "run", steps=6, augment=False, crop=None, max_cases=2,
+                         learning_rate=1e-3, val_pairs=0)
+    data = prepare_data(config, validation=False)
+    sample = training_sample(config, data, 1, 0)
+    before, _ = sample_loss(config, learngn.training.trainer.GaussNewtonPredictors(), gn_config(config), sample)
+    result = train(config, progress=False)
+    model = learngn.training.trainer.GaussNewtonPredictors()
+    model.load_state_dict(state_of(result.weights))
+    after, _ = sample_loss(config, model, gn_config(config), sample)
+    assert float(after.detach()) < float(before.detach())
+    for name in ("log.csv", "curves.png", "config.json", "summary.json", "checkpoint.pt", "model.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+def test_fixed_seed_reproduces_and_resume_is_identical(tiny_labels, tmp_path):
+    full = train(tiny_config(tiny_labels, tmp_path / "a", steps=3), progress=False)
+    again = train(tiny_config(tiny_labels, tmp_path / "b", steps=3), progress=False)
+    first, second = state_of(full.weights), state_of(again.weights)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert [r["loss"] for r in full.log] == [r["loss"] for r in again.log]
+    train(tiny_config(tiny_labels, tmp_path / "c", steps=1), progress=False)
+    resumed = train(tiny_config(tiny_labels, tmp_path / "c", steps=3), resume=True, progress=False)
+    third = state_of(resumed.weights)
+    assert all(torch.equal(first[k], third[k]) for k in first)
+    assert [r["loss"] for r in full.log] == [r["loss"] for r in resumed.log]
+    other = train(tiny_config(tiny_labels, tmp_path / "d", steps=1, seed=5), progress=False)
+    assert not all(torch.equal(first[k], state_of(other.weights)[k]) for k in first)
+    with pytest.raises(learngn.InputError):
+        train(tiny_config(tiny_labels, tmp_path / "c", steps=4, grid_stride=3), resume=True, progress=False)
+
+
+def test_synthetic_setting_trains(tiny_labels, tmp_path):
+    result = train(tiny_config(tiny_labels, tmp_path / "syn", setting="synthetic", steps=1), progress=False)
+    assert np.isfinite(result.log[-1]["loss"]) and result.val_dice_final is not None
+
+
+def test_crop_start_centres_the_crop_inside_the_volume():
+    from learngn.training.augment import crop_start
+
+    assert crop_start((86, 54, 65), (40, 40, 40), (74.2, 15.0, 20.6)) == (46, 0, 1)
+    assert crop_start((86, 54, 65), (40, 40, 40), (40.0, 27.0, 32.0)) == (20, 8, 12)
+    assert crop_start((20, 20, 20), (24, 24, 24), (10.0, 10.0, 10.0)) == (-2, -2, -2)
+
+
+def test_hd95_of_shifted_boxes():
+    a = np.zeros((20, 20, 20), bool)
+    a[5:15, 5:15, 5:15] = True
+    b = np.roll(a, 3, axis=2)
+    assert hd95(a, b, (1.0, 1.0, 2.0)) == pytest.approx(6.0)
+    assert hd95(a, a, (1.0, 1.0, 1.0)) == 0.0
+    assert np.isnan(hd95(a, np.zeros_like(a), (1.0, 1.0, 1.0)))
+
+
+def test_evaluate_writes_markdown_csv_png_and_skips_missing_peers(tiny_labels, tmp_path, monkeypatch):
+    monkeypatch.setitem(PEERS, "ants", Peer("ANTs SyN", "module_that_is_not_installed_xyz", "antspyx", "", None))
+    dataset = labels_folder(tiny_labels, ["0001", "0002"])
+    result = evaluate(dataset, ["identity", "gn:segmentation-guided:working_spacing=10;iterations=2", "ants"],
+                      tmp_path / "eval", images="synthetic-ct", progress=False, title="tiny")
+    for key in ("csv", "markdown", "png"):
+        assert result.files[key].is_file() and result.files[key].stat().st_size > 0
+    text = result.files["markdown"].read_text()
+    assert "initial (no registration)" in text and "untrained GN" in text and "ANTs SyN skipped" in text
+    rows = [r for r in result.rows if r["status"] == "ok"]
+    assert len(rows) == 2 and all(0.0 <= r["dice"] <= 1.0 for r in rows)
+    assert all(np.isfinite(r["hd95"]) for r in rows)
+
+
+def test_parse_method():
+    method = parse_method("learngn:abdomen-ct:iterations=3,working_spacing=6.5")
+    assert method.kind == "learngn" and method.preset == "abdomen-ct"
+    assert dict(method.overrides) == {"iterations": 3, "working_spacing": 6.5}
+    with pytest.raises(learngn.InputError):
+        parse_method("nonsense")
+
+
+def test_peer_adapters_report_missing_packages():
+    for peer in PEERS.values():
+        if not peer.available():
+            assert peer.package in peer.missing_note()
+
+
+def _export(tiny_labels, tmp_path, name):
+    from learngn.training.cards import export_model
+
+    config = tiny_config(tiny_labels, tmp_path / "run", steps=1, val_pairs=0)
+    result = train(config, progress=False)
+    models = tmp_path / "models"
+    export_model(result.weights, models, name, name + "-preset", "test model", config)
+    return models
+
+
+def test_exported_card_loads_through_register_and_corrupt_weights_fail(tiny_labels, tmp_path, monkeypatch):
+    from learngn import models as model_registry
+
+    name = f"tinytest{np.random.randint(1 << 30)}"
+    models = _export(tiny_labels, tmp_path, name)
+    monkeypatch.setenv("LEARNGN_MODEL_DIR", str(models))
+    model_registry.load_model.cache_clear()
+    card = json.loads((models / f"{name}.json").read_text())
+    assert set(card["settings"]) <= registration_settings_keys()
+    labels = sitk.ReadImage(str(tiny_labels / "label_0001.nii.gz"))
+    moving_labels = sitk.ReadImage(str(tiny_labels / "label_0003.nii.gz"))
+    image, moving = synthetic_ct_image(labels, 1), synthetic_ct_image(moving_labels, 3)
+    assert f"{name}-preset" in learngn.list_presets()
+    result = learngn.register(image, moving, preset=f"{name}-preset", prealign="none", device="cpu",
+                              fixed_segmentation=labels, moving_segmentation=moving_labels)
+    assert result.settings.model == name and result.metrics["dice_after"] >= 0.0
+    (models / f"{name}.pt").write_bytes(b"not a torch file")
+    model_registry.load_model.cache_clear()
+    with pytest.raises(learngn.InputError):
+        learngn.register(image, moving, preset=f"{name}-preset", prealign="none", device="cpu",
+                         fixed_segmentation=labels, moving_segmentation=moving_labels)
+    card.pop("sha256")  # without the checksum the loader itself must refuse the file
+    (models / f"{name}.json").write_text(json.dumps(card))
+    model_registry.load_model.cache_clear()
+    with pytest.raises(learngn.InputError):
+        model_registry.load_model(name)
+    model_registry.load_model.cache_clear()
+
+
+def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys):
+    from learngn.cli import evaluate as evaluate_command
+    from learngn.cli import train as train_command
+
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers(dest="command")
+    train_command.add_parser(subparsers)
+    evaluate_command.add_parser(subparsers)
+    args = parser.parse_args(["train", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
+                              "-o", str(tmp_path / "run"), "--working-spacing", "10", "--iterations", "2",
+                              "--crop", "12", "--steps", "1", "--val-pairs", "0", "--progress", "none",
+                              "--tune-lambda", "0.05,0.5", "--tune-pairs", "1",
+                              "--export", "clitest", "--models-dir", str(tmp_path / "models")])
+    assert train_command.run(args) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["crop"] == [12, 12, 12] and saved["lambda_start"] in (0.05, 0.5)
+    assert (tmp_path / "models" / "clitest.json").is_file() and (tmp_path / "run" / "tuning.csv").is_file()
+    args = parser.parse_args(["evaluate", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
+                              "--images", "synthetic-ct", "--methods", "identity", "-o", str(tmp_path / "eval"),
+                              "--progress", "none"])
+    assert evaluate_command.run(args) == 0
+    assert "initial (no registration)" in capsys.readouterr().out
+
+
+@pytest.mark.data
+def test_abdomen_split_excludes_validation_cases(data_dir):
+    folder = data_dir / "abdomen_ctct_labels"
+    if not folder.is_dir():
+        pytest.skip("abdomen label maps not available")
+    from learngn.training import ABDOMEN_VALIDATION_CASES
+
+    dataset = labels_folder(folder, list(ABDOMEN_VALIDATION_CASES))
+    assert len(dataset.validation_pairs) == 10
+    assert not set(dataset.training) & set(ABDOMEN_VALIDATION_CASES)
+    assert len(dataset.training) == 20
+
+
+def test_residual_only_training_keeps_the_jacobian_stencils(tiny_labels, tmp_path):
+    from learngn.predictors import GaussNewtonPredictors
+
+    result = train(tiny_config(tiny_labels, tmp_path / "f", steps=2, trainable="residual", val_pairs=0),
+                   progress=False)
+    torch.manual_seed(0)  # train() seeds torch with config.seed (0) before building its model
+    trained, initial = state_of(result.weights), GaussNewtonPredictors().state_dict()
+    assert all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("jacobian."))
+    assert not all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("residual."))
