@@ -163,7 +163,7 @@ def test_evaluate_writes_markdown_csv_png_and_skips_missing_peers(tiny_labels, t
                       tmp_path / "eval", images="synthetic-ct", progress=False, title="tiny")
     for key in ("csv", "markdown", "png"):
         assert result.files[key].is_file() and result.files[key].stat().st_size > 0
-    text = result.files["markdown"].read_text()
+    text = result.files["markdown"].read_text(encoding="utf-8")
     assert "initial (no registration)" in text and "untrained GN" in text and "ANTs SyN skipped" in text
     rows = [r for r in result.rows if r["status"] == "ok"]
     assert len(rows) == 2 and all(0.0 <= r["dice"] <= 1.0 for r in rows)
