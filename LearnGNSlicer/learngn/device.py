@@ -28,6 +28,16 @@ def resolve_device(requested: str) -> torch.device:
     raise InputError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
 
 
+#: Voxel budget of the working grid when the settings give none.  On a CPU the deformable stage costs
+#: about a second per million voxels per iteration, so a coarser grid keeps a registration within
+#: seconds (see docs/BENCHMARKS.md for the time and accuracy at each budget); a GPU affords a finer one.
+DEFAULT_WORKING_VOXELS = {"cpu": 1_000_000, "cuda": 4_000_000}
+
+
+def default_working_voxels(device: torch.device) -> int:
+    return DEFAULT_WORKING_VOXELS["cuda" if device.type == "cuda" else "cpu"]
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for PyTorch's and CuPy's GPU out-of-memory errors."""
     if isinstance(error, torch.cuda.OutOfMemoryError):

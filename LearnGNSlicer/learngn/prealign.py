@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -75,9 +75,16 @@ def pyramid_shrink_factors(image: sitk.Image) -> List[int]:
 
 def fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform,
                initial: Optional[sitk.Transform], fixed_mask: Optional[sitk.Image],
-               moving_mask: Optional[sitk.Image]) -> sitk.AffineTransform:
-    """Mattes mutual information affine fit on a 16/8/4/2 mm pyramid (modality independent), seeded sampling."""
+               moving_mask: Optional[sitk.Image], should_stop: Optional[Callable[[], bool]] = None
+               ) -> sitk.AffineTransform:
+    """Mattes mutual information affine fit on a 16/8/4/2 mm pyramid (modality independent), seeded sampling.
+
+    ``should_stop`` is asked at every optimiser iteration; when it says yes the fit stops at once (the
+    caller then raises its cancellation), so a cancel does not wait for the whole pyramid.
+    """
     method = sitk.ImageRegistrationMethod()
+    if should_stop is not None:
+        method.AddCommand(sitk.sitkIterationEvent, lambda: method.StopRegistration() if should_stop() else None)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.REGULAR)
     method.SetMetricSamplingPercentage(0.25, SAMPLING_SEED)
@@ -110,7 +117,8 @@ def fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransfor
 
 
 def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str, *, initial: Optional[sitk.Transform] = None,
-             fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None) -> Optional[sitk.Transform]:
+             fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
+             should_stop: Optional[Callable[[], bool]] = None) -> Optional[sitk.Transform]:
     """Fixed-to-moving transform after pre-alignment (``mode``: affine, com or none), ``initial`` included.
 
     ``fixed`` and ``moving`` are non-negative images (normalised intensities), whose mass locates the
@@ -123,7 +131,9 @@ def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str, *, initial: Optio
     start = centre_translation(fixed_weights, moving_weights, initial)
     if mode == "com":
         return _with_initial(initial, start)
-    affine = fit_affine(fixed, moving, start, initial, fixed_mask, moving_mask)
+    affine = fit_affine(fixed, moving, start, initial, fixed_mask, moving_mask, should_stop)
+    if should_stop is not None and should_stop():
+        return _with_initial(initial, start)  # cancelled: the caller raises; a partial fit is never used
     determinant = float(np.linalg.det(np.array(affine.GetMatrix()).reshape(3, 3)))
     if not PLAUSIBLE_DETERMINANT[0] <= determinant <= PLAUSIBLE_DETERMINANT[1]:
         warnings.warn(f"the affine pre-alignment changed the volume by a factor {determinant:.2f}, which is "

@@ -37,6 +37,10 @@ class ProgressTracker:
             total += share
         raise KeyError(stage)
 
+    def cancel_requested(self) -> bool:
+        """Whether the caller asked to cancel (for loops in libraries that cannot raise through)."""
+        return self._cancel is not None and bool(self._cancel())
+
     def check_cancel(self) -> None:
         if self._cancel is not None and self._cancel():
             raise RegistrationCancelled("registration cancelled by the caller")

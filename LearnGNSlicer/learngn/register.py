@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from . import __version__
-from .device import describe, is_out_of_memory, resolve_device
+from .device import default_working_voxels, describe, is_out_of_memory, resolve_device
 from .errors import InputError
 from .features import intensity_window, mind_ssc, normalise_intensity, signed_distance_maps, union_labels
 from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
@@ -244,9 +244,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         torch_device = resolve_device(device)
         tracker.start("prealign", f"pre-alignment: {settings.prealign}")
         transform = prealign(inputs.fixed_normalised, inputs.moving_normalised, settings.prealign,
-                             initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask)
+                             initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
+                             should_stop=tracker.cancel_requested)
         tracker.update(1.0, "pre-alignment done")  # honours a cancel that arrived during the affine fit
-        grid = working_grid(fixed, working_spacing(fixed, settings.max_working_voxels, settings.working_spacing))
+        budget = settings.max_working_voxels or default_working_voxels(torch_device)
+        grid = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))
         _check_overlap(inputs, grid, transform)
         try:
             working_field, residuals = _deformable(inputs, grid, transform, settings, torch_device, tracker)
@@ -264,6 +266,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         tracker.update(0.5, "quality figures")
         metrics = _metrics(inputs, field, warped, transform)
         metrics.update(residuals)
+        metrics["working_spacing_mm"] = float(grid.GetSpacing()[0])
         tracker.finish()
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

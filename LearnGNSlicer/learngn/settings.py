@@ -26,7 +26,7 @@ class RegistrationSettings:
     momentum: float = 0.5
     update_smoothing: float = 0.0               # Gaussian sigma (control points) applied to each update
     working_spacing: Optional[float] = None     # isotropic mm; None picks it from max_working_voxels
-    max_working_voxels: int = 4_000_000
+    max_working_voxels: Optional[int] = None    # voxel budget of the working grid; None: the device's default
     mind_dilation: int = 2
     sdm_clip_mm: float = 40.0
     solver: str = "auto"                        # auto | torch | cupy
@@ -44,8 +44,8 @@ class RegistrationSettings:
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         numeric = ("iterations", "levels", "grid_stride", "lambda_start", "lambda_end", "regularisation", "momentum",
-                   "update_smoothing", "max_working_voxels", "mind_dilation", "sdm_clip_mm", "cg_tolerance",
-                   "cg_max_iterations") + (() if self.working_spacing is None else ("working_spacing",))
+                   "update_smoothing", "mind_dilation", "sdm_clip_mm", "cg_tolerance", "cg_max_iterations")
+        numeric += tuple(name for name in ("working_spacing", "max_working_voxels") if getattr(self, name) is not None)
         not_numbers = [n for n in numeric
                        if isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), numbers.Real)]
         if not_numbers:
@@ -55,7 +55,7 @@ class RegistrationSettings:
             "grid_stride": 1 <= self.grid_stride <= 16, "regularisation": self.regularisation > 0,
             "lambda_start": self.lambda_start > 0, "lambda_end": self.lambda_end > 0,
             "momentum": 0 <= self.momentum < 1, "update_smoothing": self.update_smoothing >= 0,
-            "max_working_voxels": self.max_working_voxels >= 32 ** 3,
+            "max_working_voxels": self.max_working_voxels is None or self.max_working_voxels >= 32 ** 3,
             "working_spacing": self.working_spacing is None or self.working_spacing > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]

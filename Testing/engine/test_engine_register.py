@@ -210,6 +210,35 @@ def test_cancel_stops_within_one_iteration(small_phantom):
     assert issubclass(learngn.RegistrationCancelled, Exception)
 
 
+def test_cancel_during_the_affine_fit_stops_it_within_an_iteration(small_phantom):
+    """The affine fit asks for cancel at every optimiser iteration, not only when its pyramid is done."""
+    from learngn.prealign import pyramid_shrink_factors
+
+    image, _ = small_phantom
+    moving = add_noise(image, 15.0, seed=5)
+
+    def checks_in_prealign(cancel_after: int) -> int:
+        state = {"stage": None, "asked": 0}
+
+        def cancel() -> bool:
+            state["asked"] += state["stage"] == "prealign"
+            return state["asked"] >= cancel_after
+
+        try:
+            learngn.register(image, moving, prealign="affine", iterations=1, cancel=cancel,
+                             progress=lambda event: state.update(stage=event.stage))
+        except learngn.RegistrationCancelled:
+            assert state["stage"] == "prealign", f"cancel took effect only in the {state['stage']} stage"
+        return state["asked"]
+
+    uncancelled = checks_in_prealign(cancel_after=10 ** 6)
+    cancelled = checks_in_prealign(cancel_after=3)
+    levels = len(pyramid_shrink_factors(image))
+    print(f"cancel checks during the affine fit: {uncancelled} uncancelled, {cancelled} when cancelled at the 3rd")
+    assert uncancelled > 20, "the fit is too short for this test to show anything"
+    assert cancelled <= 3 + levels + 1, f"{cancelled} cancel checks: the fit went on after the cancel"
+
+
 def test_cancel_before_start():
     image = sitk.Image([10, 10, 10], sitk.sitkFloat32)
     with pytest.raises(learngn.RegistrationCancelled):
@@ -260,3 +289,21 @@ def test_segmentation_guided_preset_improves_dice(phantom_pair):
     assert result.metrics["negative_jacobian_percent"] < 0.5
     assert_same_state(fixed_labels, states["fixed segmentation"], "fixed segmentation")
     assert_same_state(moving_labels, states["moving segmentation"], "moving segmentation")
+
+
+# -- working grid -----------------------------------------------------------------------------------------
+
+def test_working_grid_follows_the_device_default_and_an_explicit_budget(tiny_pair, monkeypatch):
+    """Without a budget the device's default decides the working spacing; a budget given overrides it;
+    the spacing used is reported."""
+    from learngn import device
+    from learngn.geometry import working_spacing
+
+    fixed, moving = tiny_pair  # 32x28x32 at 9 mm
+    options = {"device": "cpu", "prealign": "none", "iterations": 1}
+    monkeypatch.setitem(device.DEFAULT_WORKING_VOXELS, "cpu", 12_000)
+    coarse = learngn.register(fixed, moving, **options)
+    assert coarse.metrics["working_spacing_mm"] == pytest.approx(working_spacing(fixed, 12_000))
+    assert coarse.metrics["working_spacing_mm"] > 9.0
+    native = learngn.register(fixed, moving, max_working_voxels=10 ** 6, **options)
+    assert native.metrics["working_spacing_mm"] == pytest.approx(9.0)

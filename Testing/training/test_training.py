@@ -170,6 +170,21 @@ def test_evaluate_writes_markdown_csv_png_and_skips_missing_peers(tiny_labels, t
     assert all(np.isfinite(r["hd95"]) for r in rows)
 
 
+def test_evaluate_resamples_every_case_to_the_requested_spacing(tiny_labels, tmp_path):
+    from learngn.training.evaluation import load_eval_case
+
+    dataset = labels_folder(tiny_labels, ["0001", "0002"])
+    case = load_eval_case(dataset, "0001", "synthetic-ct", None, spacing=20.0)
+    assert case.image.GetSpacing() == case.labels.GetSpacing() == (20.0, 20.0, 20.0)
+    assert case.image.GetSize() == case.labels.GetSize() == (11, 9, 11)  # voxel centres span 190x150x190 mm
+    native = sitk.ReadImage(str(tiny_labels / "label_0001.nii.gz"))
+    assert set(np.unique(sitk.GetArrayViewFromImage(case.labels))) <= set(np.unique(sitk.GetArrayViewFromImage(native)))
+    result = evaluate(dataset, ["identity"], tmp_path / "eval", images="synthetic-ct", progress=False, spacing=20.0)
+    assert any("resampled to 20 mm" in note for note in result.notes)
+    with pytest.raises(learngn.InputError, match="spacing"):
+        evaluate(dataset, ["identity"], tmp_path / "bad", images="synthetic-ct", progress=False, spacing=0.0)
+
+
 def test_parse_method():
     method = parse_method("learngn:abdomen-ct:iterations=3,working_spacing=6.5")
     assert method.kind == "learngn" and method.preset == "abdomen-ct"
@@ -231,15 +246,19 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys):
     subparsers = parser.add_subparsers(dest="command")
     train_command.add_parser(subparsers)
     evaluate_command.add_parser(subparsers)
-    args = parser.parse_args(["train", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
-                              "-o", str(tmp_path / "run"), "--working-spacing", "10", "--iterations", "2",
-                              "--crop", "12", "--steps", "1", "--val-pairs", "0", "--progress", "none",
-                              "--tune-lambda", "0.05,0.5", "--tune-pairs", "1",
-                              "--export", "clitest", "--models-dir", str(tmp_path / "models")])
+    argv = ["train", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
+            "-o", str(tmp_path / "run"), "--working-spacing", "10", "--iterations", "2",
+            "--crop", "12", "--steps", "1", "--val-pairs", "0", "--progress", "none",
+            "--tune-lambda", "0.05,0.5", "--tune-pairs", "1",
+            "--export", "clitest", "--models-dir", str(tmp_path / "models")]
+    args = parser.parse_args(argv)
+    args.command_line = ["learngn", *argv, "--resume"]  # what learngn.cli.main records
     assert train_command.run(args) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["crop"] == [12, 12, 12] and saved["lambda_start"] in (0.05, 0.5)
-    assert (tmp_path / "models" / "clitest.json").is_file() and (tmp_path / "run" / "tuning.csv").is_file()
+    assert (tmp_path / "run" / "tuning.csv").is_file()
+    card = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))
+    assert card["command"] == " ".join(["learngn", *argv]), "the card must hold the command that reproduces it"
     args = parser.parse_args(["evaluate", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
                               "--images", "synthetic-ct", "--methods", "identity", "-o", str(tmp_path / "eval"),
                               "--progress", "none"])

@@ -93,9 +93,18 @@ def _warnings_as_lines() -> Iterator[None]:
         yield
 
 
+def _tolerate_narrow_terminals() -> None:
+    """A terminal or pipe that is not UTF-8 (an ASCII locale) gets escapes instead of a crash on a '±'."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code (the console script and ``python -m learngn`` exit with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerate_narrow_terminals()
     args: Optional[argparse.Namespace] = None
     debug = bool(os.environ.get("LEARNGN_DEBUG"))
     try:

@@ -24,6 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            "(fixed per case, for label maps without images)")
     data.add_argument("--landmarks-dir", metavar="DIR",
                       help="CSV files (x,y,z LPS mm per line) named after the case ids, for TRE")
+    data.add_argument("--spacing", type=float, default=None, metavar="MM",
+                      help="resample every case to this isotropic spacing first (labels nearest-neighbour), so "
+                           "that slow peers fit a time budget; every method is scored on the same grid")
     data.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N pairs")
     parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help="comma-separated: learngn:PRESET (as shipped), gn:PRESET (same settings, no learned "
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(dataset, _split_methods(args.methods), Path(args.output), pairs=pairs, images=args.images,
                       prealign=args.prealign, device=args.device,
                       landmarks_dir=Path(args.landmarks_dir) if args.landmarks_dir else None,
-                      progress=args.progress == "bar", title=args.title,
+                      progress=args.progress == "bar", title=args.title, spacing=args.spacing,
                       log=lambda line: sys.stderr.write(f"learngn: note: {line}\n"))
     print(result.files["markdown"].read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in result.files.values()))

@@ -147,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {result.steps} steps; validation Dice (working grid) {initial} untrained -> {final}; "
           f"weights {result.weights}")
     if args.export:
+        # a resumed run continues exactly as an uninterrupted one, so the command that reproduces the
+        # weights is this one without --resume
+        command = [word for word in getattr(args, "command_line", []) if word != "--resume"]
         card = export_model(result.weights, Path(args.models_dir), args.export, args.preset_name or args.export,
-                            args.description or f"learned Gauss-Newton ({config.setting} features)", config)
+                            args.description or f"learned Gauss-Newton ({config.setting} features)", config,
+                            extra={"command": " ".join(command)} if command else None)
         print(f"model card {card}")
     return 0

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from ..geometry import displacement_transform, resample
+from ..geometry import displacement_transform, resample, working_grid
 from ..quality import dice_per_label, jacobian_statistics
 from .data import Dataset, Pair, read_image
 from .peers import PEERS
@@ -166,18 +166,28 @@ class EvaluationResult:
     files: Dict[str, Path] = field(default_factory=dict)
 
 
-def load_eval_case(dataset: Dataset, name: str, images: str, landmarks_dir: Optional[Path]) -> EvalCase:
+def load_eval_case(dataset: Dataset, name: str, images: str, landmarks_dir: Optional[Path],
+                   spacing: Optional[float] = None) -> EvalCase:
+    """One case's image, labels and landmarks; with ``spacing``, image and labels on an isotropic grid of
+    that spacing (every method then sees, and is scored on, the same coarser data)."""
     case = dataset.cases[name]
     labels = read_image(case.label) if case.label else None
+    image = None
+    if images == "dataset":
+        if case.image is None:
+            raise InputError(f"case {name} has no image; use --images synthetic-ct for label maps alone")
+        image = read_image(case.image)
+    if spacing is not None:
+        grid = working_grid(labels if labels is not None else image, float(spacing))
+        if labels is not None:
+            labels = resample(labels, grid, None, sitk.sitkNearestNeighbor, pixel_type=sitk.sitkInt32)
+        if image is not None:
+            image = resample(image, grid, None, sitk.sitkLinear, float(np.min(sitk.GetArrayViewFromImage(image))))
     if images == "synthetic-ct":
         if labels is None:
             raise InputError(f"case {name} has no label map to synthesise an image from")
         digits = "".join(ch for ch in name if ch.isdigit())
         image = synthetic_ct_image(labels, seed=int(digits or 0), mode="ct")
-    else:
-        if case.image is None:
-            raise InputError(f"case {name} has no image; use --images synthetic-ct for label maps alone")
-        image = read_image(case.image)
     points = None
     if landmarks_dir is not None:
         candidates = [p for p in Path(landmarks_dir).glob(f"*{name}*.csv")]
@@ -214,7 +224,7 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
              images: str = "dataset", prealign: str = "none", device: str = "cpu",
              landmarks_dir: Optional[Path] = None, labels: Optional[Sequence[int]] = None,
              label_names: Optional[Dict[int, str]] = None, progress: bool = True, title: str = "",
-             log: Callable[[str], None] = lambda s: None) -> EvaluationResult:
+             log: Callable[[str], None] = lambda s: None, spacing: Optional[float] = None) -> EvaluationResult:
     """Run every method on every pair and write results.csv, summary.md and boxplot.png to ``output``.
 
     oneDNN is switched off for the run: its 3D convolutions are several times slower on the CPU for the
@@ -226,18 +236,20 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
         warnings.filterwarnings("ignore", message="TF32 acceleration")
         with torch.backends.mkldnn.flags(enabled=False):
             return _evaluate(dataset, methods, output, pairs, images, prealign, device, landmarks_dir, labels,
-                             label_names, progress, title, log)
+                             label_names, progress, title, log, spacing)
 
 
 def _evaluate(dataset, methods, output, pairs, images, prealign, device, landmarks_dir, labels, label_names,
-              progress, title, log) -> EvaluationResult:
+              progress, title, log, spacing) -> EvaluationResult:
+    if spacing is not None and not spacing > 0:
+        raise InputError(f"the evaluation spacing must be a positive number of mm, not {spacing!r}")
     if images not in IMAGE_SOURCES:
         raise InputError(f"unknown image source {images!r}; use {' or '.join(IMAGE_SOURCES)}")
     parsed = [parse_method(m) for m in methods]
     pairs = list(pairs if pairs is not None else dataset.validation_pairs)
     if not pairs:
         raise InputError("no pairs to evaluate: the dataset has no validation pairs")
-    notes = []
+    notes = [f"every case was resampled to {spacing:g} mm isotropic before registration and scoring"] if spacing else []
     runnable = []
     for method in parsed:
         if method.kind in PEERS and not PEERS[method.kind].available():
@@ -246,7 +258,7 @@ def _evaluate(dataset, methods, output, pairs, images, prealign, device, landmar
         else:
             runnable.append(method)
     names = sorted({c for p in pairs for c in (p.fixed, p.moving)})
-    cases = {n: load_eval_case(dataset, n, images, landmarks_dir) for n in names}
+    cases = {n: load_eval_case(dataset, n, images, landmarks_dir, spacing) for n in names}
     if labels is None:
         values = set()
         for case in cases.values():

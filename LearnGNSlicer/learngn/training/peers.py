@@ -50,8 +50,10 @@ def _convexadam(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Im
         moving = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, float(np.min(sitk.GetArrayViewFromImage(moving))))
     f = sitk.GetArrayFromImage(_float_copy(fixed)).transpose(2, 1, 0)   # (x, y, z) as the package expects
     m = sitk.GetArrayFromImage(_float_copy(moving)).transpose(2, 1, 0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    displacement = convex_adam_pt(img_fixed=f, img_moving=m, device=device)  # voxels, (x, y, z, 3)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # the package's default half precision has no CPU kernels for its pooling
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    displacement = convex_adam_pt(img_fixed=f, img_moving=m, device=device, dtype=dtype)  # voxels, (x, y, z, 3)
     displacement = np.asarray(displacement, dtype=np.float64)
     voxels_xyz = displacement.transpose(2, 1, 0, 3)                          # back to (z, y, x, 3)
     direction = np.array(fixed.GetDirection()).reshape(3, 3)
@@ -95,8 +97,10 @@ def _elastix_bspline(fixed, moving, fixed_labels=None, moving_labels=None) -> si
         parameters = itk.ParameterObject.New()
         parameters.AddParameterMap(parameters.GetDefaultParameterMap("affine"))
         parameters.AddParameterMap(parameters.GetDefaultParameterMap("bspline"))
-        _, result = itk.elastix_registration_method(f, m, parameter_object=parameters, log_to_console=False)
-        field = itk.transformix_deformation_field(m, result)
+        # both write files (deformationField.nii, logs) into their output directory, the cwd by default
+        _, result = itk.elastix_registration_method(f, m, parameter_object=parameters, log_to_console=False,
+                                                    output_directory=folder)
+        field = itk.transformix_deformation_field(m, result, output_directory=folder)
         out = str(Path(folder) / "field.nii.gz")
         itk.imwrite(field, out)
         image = sitk.Cast(sitk.ReadImage(out), sitk.sitkVectorFloat64)
