@@ -31,7 +31,7 @@ def resolve_device(requested: str) -> torch.device:
 #: Voxel budget of the working grid when the settings give none.  On a CPU the deformable stage costs
 #: about a second per million voxels per iteration, so a coarser grid keeps a registration within
 #: seconds (see docs/BENCHMARKS.md for the time and accuracy at each budget); a GPU affords a finer one.
-DEFAULT_WORKING_VOXELS = {"cpu": 1_000_000, "cuda": 4_000_000}
+DEFAULT_WORKING_VOXELS = {"cpu": 1_500_000, "cuda": 4_000_000}
 
 
 def default_working_voxels(device: torch.device) -> int:

@@ -8,15 +8,21 @@ import SimpleITK as sitk
 
 
 def jacobian_determinant(field: sitk.Image) -> np.ndarray:
-    """Determinant of the Jacobian of ``x -> x + d(x)`` at every voxel (array in z, y, x order)."""
-    d = sitk.GetArrayFromImage(field)                      # (z, y, x, 3), LPS components
+    """Determinant of the Jacobian of ``x -> x + d(x)`` at every voxel (float32 array in z, y, x order).
+
+    Written out element by element in float32: on a 192x160x256 field this is several times faster than
+    stacking the 3x3 matrices and calling ``np.linalg.det``, and float32 is ample for folding figures.
+    """
+    d = sitk.GetArrayViewFromImage(field).astype(np.float32)          # (z, y, x, 3), LPS components
     direction = np.array(field.GetDirection()).reshape(3, 3)
     spacing = np.array(field.GetSpacing())
     # derivatives along index axes (x, y, z), then to physical axes: d/dp = d/di * (D S)^-1
-    grads = np.stack([np.gradient(d, axis=a) for a in (2, 1, 0)], axis=-1)  # (..., component, index axis)
-    index_to_physical = np.linalg.inv(direction @ np.diag(spacing))
-    jacobian = grads @ index_to_physical + np.eye(3)
-    return np.linalg.det(jacobian)
+    index_to_physical = np.linalg.inv(direction @ np.diag(spacing)).astype(np.float32)
+    grads = [np.gradient(d, axis=a) for a in (2, 1, 0)]              # grads[k][..., i] = d d_i / d index_k
+    jacobian = [[sum(grads[k][..., i] * index_to_physical[k, j] for k in range(3)) + (1.0 if i == j else 0.0)
+                 for j in range(3)] for i in range(3)]
+    (a, b, c), (e, f, g), (h, k, m) = jacobian
+    return a * (f * m - g * k) - b * (e * m - g * h) + c * (e * k - f * h)
 
 
 def jacobian_statistics(field: sitk.Image, mask: Optional[np.ndarray] = None) -> Dict[str, float]:

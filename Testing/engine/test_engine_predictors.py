@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,28 @@ def test_untrained_model_preset_registers_like_classic(model_dir, tiny_pair):
     b = sitk.GetArrayFromImage(classic.displacement)
     assert np.abs(b).max() > 0.5, "the classic run did not move; the comparison would be vacuous"
     assert np.allclose(a, b, atol=1e-2), f"max difference {np.abs(a - b).max():.3g} mm"
+
+
+# -- the shipped models ---------------------------------------------------------------------------------
+
+SHIPPED_CARDS = sorted((Path(__file__).resolve().parents[2] / "Resources" / "Models").glob("*.json"))
+
+
+@pytest.mark.parametrize("card_path", SHIPPED_CARDS, ids=lambda p: p.stem)
+def test_shipped_model_loads_safely_and_its_card_is_complete(card_path):
+    """Every model in Resources/Models loads without executing code, matches its checksum, defines a
+    preset with valid settings, and its card says how it was made and how it scored."""
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    model = load_model(card["name"])
+    assert isinstance(model, GaussNewtonPredictors)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                     GaussNewtonPredictors().state_dict().values())), \
+        "the shipped weights are the untrained initialisation"
+    assert card["preset"] in learngn.list_presets()
+    preset = settings.get_preset(card["preset"])
+    assert preset.settings.model == card["name"]
+    assert card["command"].startswith("learngn train ") and "--resume" not in card["command"]
+    validation = card["validation"]
+    assert validation["pairs"] == 10 and validation["command"].startswith("learngn evaluate ")
+    for method in ("learned", "untrained"):
+        assert 0.0 < validation[method]["dice"] < 1.0

@@ -238,7 +238,7 @@ def test_exported_card_loads_through_register_and_corrupt_weights_fail(tiny_labe
     model_registry.load_model.cache_clear()
 
 
-def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys):
+def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch):
     from learngn.cli import evaluate as evaluate_command
     from learngn.cli import train as train_command
 
@@ -259,11 +259,20 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys):
     assert (tmp_path / "run" / "tuning.csv").is_file()
     card = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))
     assert card["command"] == " ".join(["learngn", *argv]), "the card must hold the command that reproduces it"
-    args = parser.parse_args(["evaluate", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
-                              "--images", "synthetic-ct", "--methods", "identity", "-o", str(tmp_path / "eval"),
-                              "--progress", "none"])
+    monkeypatch.setenv("LEARNGN_MODEL_DIR", str(tmp_path / "models"))
+    argv = ["evaluate", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002", "--images",
+            "synthetic-ct", "--methods", "identity,learngn:clitest,gn:clitest", "-o", str(tmp_path / "eval"),
+            "--progress", "none", "--record-in-card", "clitest"]
+    args = parser.parse_args(argv)
+    args.command_line = ["learngn", *argv]
     assert evaluate_command.run(args) == 0
     assert "initial (no registration)" in capsys.readouterr().out
+    validation = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))["validation"]
+    assert validation["pairs"] == 1 and validation["command"] == " ".join(["learngn", *argv])
+    assert 0.0 <= validation["learned"]["dice"] <= 1.0 and "untrained GN" in validation["table"]
+    args = parser.parse_args(argv[:-1] + ["no_such_model"])
+    with pytest.raises(learngn.InputError, match="no_such_model"):
+        evaluate_command.run(args)
 
 
 @pytest.mark.data

@@ -38,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="device of the learngn methods (auto, cpu, cuda)")
     parser.add_argument("--title", default="", help="title of the table and plot")
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
+    parser.add_argument("--record-in-card", metavar="NAME", action="append", default=[],
+                        help="write the figures of learngn:PRESET and gn:PRESET (PRESET: the model's) and this "
+                             "command into the model card NAME.json (repeatable)")
     return parser
 
 
@@ -48,8 +51,11 @@ def _split_methods(text: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..training.data import open_dataset
+    from ..models import read_card
+    from ..training.cards import record_validation
     from ..training.evaluation import evaluate
 
+    cards = [read_card(name)["_path"] for name in args.record_in_card]  # an unknown name fails before the work
     cases = [c.strip() for c in args.validation_cases.split(",") if c.strip()]
     dataset = open_dataset(args.dataset, args.labels_dir, cases)
     pairs = dataset.validation_pairs[: args.max_pairs] if args.max_pairs else dataset.validation_pairs
@@ -58,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
                       landmarks_dir=Path(args.landmarks_dir) if args.landmarks_dir else None,
                       progress=args.progress == "bar", title=args.title, spacing=args.spacing,
                       log=lambda line: sys.stderr.write(f"learngn: note: {line}\n"))
-    print(result.files["markdown"].read_text(encoding="utf-8"))
+    markdown = result.files["markdown"].read_text(encoding="utf-8")
+    print(markdown)
+    for card in cards:
+        record_validation(Path(card), result.rows, " ".join(getattr(args, "command_line", ["learngn evaluate"])),
+                          markdown)
+        print(f"recorded the validation figures in {card}")
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0
