@@ -71,20 +71,26 @@ def upsample_from_grid(field: torch.Tensor, stride: int, shape: Tuple[int, ...])
     return up[:, :, : shape[0], : shape[1], : shape[2]]
 
 
+# Feature channels are processed in batches of at most this many voxels (channels x voxels): batched
+# convolutions are several times faster than one channel at a time, and the cap bounds the memory.
+CHANNEL_BATCH_VOXELS = 2_000_000
+
+
 def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
                        predictors: Optional[GaussNewtonPredictors], stride: int
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``.
-
-    Channels are processed one at a time so memory does not grow with the number of channels.
-    """
+    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``."""
     hessian = None
     gradient = None
     channels = warped.shape[1]
-    for c in range(channels):
-        w_c, f_c = warped[:, c:c + 1], fixed[:, c:c + 1]
+    batch = max(1, CHANNEL_BATCH_VOXELS // max(1, warped[0, 0].numel()))
+    for first in range(0, channels, batch):
+        # channels become the batch dimension: (C, 1, D, H, W)
+        w_c = warped[0, first:first + batch].unsqueeze(1)
+        f_c = fixed[0, first:first + batch].unsqueeze(1)
         residual, jacobian = predictors(w_c, f_c) if predictors is not None else classic_terms(w_c, f_c)
-        h_c, g_c = jacobian * jacobian, residual * jacobian
+        h_c = (jacobian * jacobian).sum(dim=0, keepdim=True)
+        g_c = (residual * jacobian).sum(dim=0, keepdim=True)
         if weight is not None:
             h_c, g_c = h_c * weight, g_c * weight
         hessian = h_c if hessian is None else hessian + h_c

@@ -5,10 +5,14 @@ model serves any number of channels (12 MIND channels, one distance map per orga
 is two linear 3x3x3 convolutions initialised to a stencil (central differences for J, the difference
 warped minus fixed for f, then identity) plus a small non-linear branch whose output layer starts at
 zero: an untrained predictor is exactly classic Gauss-Newton, and training can only add to it.
+
+For speed the two predictors run as one network: the convolutions of both that read the input pair run
+as one convolution with their weights stacked (one for the linear path, one for the branches), and the
+second and output layers as block-diagonal convolutions. The parameters (and so the saved weights) stay those of the two separate predictors.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -88,9 +92,45 @@ class GaussNewtonPredictors(nn.Module):
         self.residual = StencilPredictor(_residual_stencil())
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``warped``, ``fixed``: ``(N, 1, D, H, W)``; returns f ``(N, 1, ...)`` and J ``(N, 3, ...)``."""
-        pair = torch.cat([warped, fixed], dim=1)
-        return self.residual(pair), self.jacobian(pair)
+        """``warped``, ``fixed``: ``(N, 1, D, H, W)``; returns f ``(N, 1, ...)`` and J ``(N, 3, ...)``.
+
+        Computes exactly what ``residual(pair), jacobian(pair)`` computes, in four convolutions instead
+        of eight; a branch whose output layer is all zero is skipped when no gradient is needed.
+        """
+        # channels-last: oneDNN's convolutions are about twice as fast with it for these few channels
+        pair = StencilPredictor._pad(torch.cat([warped, fixed], dim=1)).contiguous(
+            memory_format=torch.channels_last_3d)
+        parts = {"jacobian": self.jacobian, "residual": self.residual}
+        first = F.conv3d(pair, torch.cat([p.first.weight for p in parts.values()]))
+        linear = F.conv3d(StencilPredictor._pad(first), _block_diagonal([p.second.weight for p in parts.values()]))
+        terms = dict(zip(parts, torch.split(linear, [p.first.out_channels for p in parts.values()], dim=1)))
+        branches = {n: p for n, p in parts.items() if torch.is_grad_enabled() or _branch_is_nonzero(p)}
+        if branches:
+            hidden = F.conv3d(pair, torch.cat([p.branch_in.weight for p in branches.values()]),
+                              torch.cat([p.branch_in.bias for p in branches.values()]))
+            branch = F.conv3d(F.leaky_relu(hidden, 0.1),
+                              _block_diagonal([p.branch_out.weight for p in branches.values()]),
+                              torch.cat([p.branch_out.bias for p in branches.values()]))
+            sizes = [p.first.out_channels for p in branches.values()]
+            for name, extra in zip(branches, torch.split(branch, sizes, dim=1)):
+                terms[name] = terms[name] + extra
+        return terms["residual"], terms["jacobian"]
+
+
+def _branch_is_nonzero(part: StencilPredictor) -> bool:
+    return bool(part.branch_out.weight.any() or part.branch_out.bias.any())
+
+
+def _block_diagonal(weights: List[torch.Tensor]) -> torch.Tensor:
+    """Convolution weights ``(out_i, in_i, k...)`` as one ``(sum out, sum in, k...)`` weight with zero
+    off-diagonal blocks: one convolution applies each to its own input channels."""
+    out = weights[0].new_zeros((sum(w.shape[0] for w in weights), sum(w.shape[1] for w in weights),
+                                *weights[0].shape[2:]))
+    row = col = 0
+    for w in weights:
+        out[row:row + w.shape[0], col:col + w.shape[1]] = w
+        row, col = row + w.shape[0], col + w.shape[1]
+    return out
 
 
 def classic_terms(warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -60,6 +60,26 @@ def test_untrained_predictors_equal_classic_terms():
     assert torch.allclose(jacobian, classic_jacobian, atol=1e-6)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_fused_forward_equals_the_separate_predictors(grad):
+    """The three fused convolutions compute what the two predictors compute one by one, with and without
+    gradients (without them, an all-zero branch is skipped)."""
+    model = perturbed_model()
+    with torch.no_grad():
+        model.jacobian.branch_out.weight.zero_()  # one branch zero, one not: both code paths
+        model.jacobian.branch_out.bias.zero_()
+    warped, fixed = random_pair()
+    pair = torch.cat([warped, fixed], dim=1)
+    with torch.set_grad_enabled(grad):
+        residual, jacobian = model(warped, fixed)
+        expected_residual, expected_jacobian = model.residual(pair), model.jacobian(pair)
+    assert torch.allclose(residual, expected_residual, atol=1e-5)
+    assert torch.allclose(jacobian, expected_jacobian, atol=1e-5)
+    if grad:
+        residual.sum().backward()
+        assert model.residual.branch_in.weight.grad is not None
+
+
 def test_central_differences_of_a_ramp():
     z, y, x = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (6, 7, 8)], indexing="ij")
     ramp = (2.0 * z - 3.0 * y + 0.5 * x)[None, None]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,14 @@ def test_parse_method():
         parse_method("nonsense")
 
 
+def test_methods_that_differ_only_in_overrides_get_different_labels():
+    """Rows of the summary are grouped by label: two settings of one method must not merge."""
+    specs = ["gn:p", "gn:p:regularisation=0.5", "gn:p:regularisation=2", "learngn:p", "learngn:p:iterations=3"]
+    labels = [parse_method(spec).label for spec in specs]
+    assert len(set(labels)) == len(specs), labels
+    assert "regularisation=0.5" in labels[1]
+
+
 def test_peer_adapters_report_missing_packages():
     for peer in PEERS.values():
         if not peer.available():
@@ -258,17 +267,17 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch)
     assert saved["crop"] == [12, 12, 12] and saved["lambda_start"] in (0.05, 0.5)
     assert (tmp_path / "run" / "tuning.csv").is_file()
     card = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))
-    assert card["command"] == " ".join(["learngn", *argv]), "the card must hold the command that reproduces it"
+    assert shlex.split(card["command"]) == ["learngn", *argv], "the card must hold the command that reproduces it"
     monkeypatch.setenv("LEARNGN_MODEL_DIR", str(tmp_path / "models"))
     argv = ["evaluate", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002", "--images",
             "synthetic-ct", "--methods", "identity,learngn:clitest,gn:clitest", "-o", str(tmp_path / "eval"),
-            "--progress", "none", "--record-in-card", "clitest"]
+            "--progress", "none", "--title", "a title with spaces", "--record-in-card", "clitest"]
     args = parser.parse_args(argv)
     args.command_line = ["learngn", *argv]
     assert evaluate_command.run(args) == 0
     assert "initial (no registration)" in capsys.readouterr().out
     validation = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))["validation"]
-    assert validation["pairs"] == 1 and validation["command"] == " ".join(["learngn", *argv])
+    assert validation["pairs"] == 1 and shlex.split(validation["command"]) == ["learngn", *argv]
     assert 0.0 <= validation["learned"]["dice"] <= 1.0 and "untrained GN" in validation["table"]
     args = parser.parse_args(argv[:-1] + ["no_such_model"])
     with pytest.raises(learngn.InputError, match="no_such_model"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     markdown = result.files["markdown"].read_text(encoding="utf-8")
     print(markdown)
     for card in cards:
-        record_validation(Path(card), result.rows, " ".join(getattr(args, "command_line", ["learngn evaluate"])),
+        record_validation(Path(card), result.rows, shlex.join(getattr(args, "command_line", ["learngn", "evaluate"])),
                           markdown)
         print(f"recorded the validation figures in {card}")
     print("wrote " + ", ".join(str(p) for p in result.files.values()))

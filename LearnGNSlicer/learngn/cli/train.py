@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Dict
 
@@ -152,6 +153,6 @@ def run(args: argparse.Namespace) -> int:
         command = [word for word in getattr(args, "command_line", []) if word != "--resume"]
         card = export_model(result.weights, Path(args.models_dir), args.export, args.preset_name or args.export,
                             args.description or f"learned Gauss-Newton ({config.setting} features)", config,
-                            extra={"command": " ".join(command)} if command else None)
+                            extra={"command": shlex.join(command)} if command else None)
         print(f"model card {card}")
     return 0

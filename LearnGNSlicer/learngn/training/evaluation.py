@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,10 +40,11 @@ class Method:
 
     @property
     def label(self) -> str:
+        overrides = ", ".join(f"{k}={v}" for k, v in self.overrides)
         if self.kind == "learngn":
-            return self.preset + (" (" + ", ".join(f"{k}={v}" for k, v in self.overrides) + ")" if self.overrides else "")
+            return self.preset + (f" ({overrides})" if overrides else "")
         if self.kind == "gn":
-            return f"untrained GN ({self.preset} settings)"
+            return f"untrained GN ({self.preset} settings{', ' + overrides if overrides else ''})"
         if self.kind == "identity":
             return "initial (no registration)"
         return PEERS[self.kind].name
@@ -225,22 +225,7 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
              landmarks_dir: Optional[Path] = None, labels: Optional[Sequence[int]] = None,
              label_names: Optional[Dict[int, str]] = None, progress: bool = True, title: str = "",
              log: Callable[[str], None] = lambda s: None, spacing: Optional[float] = None) -> EvaluationResult:
-    """Run every method on every pair and write results.csv, summary.md and boxplot.png to ``output``.
-
-    oneDNN is switched off for the run: its 3D convolutions are several times slower on the CPU for the
-    predictors' tiny channel counts (the results are the same to float precision).
-    """
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration")
-        with torch.backends.mkldnn.flags(enabled=False):
-            return _evaluate(dataset, methods, output, pairs, images, prealign, device, landmarks_dir, labels,
-                             label_names, progress, title, log, spacing)
-
-
-def _evaluate(dataset, methods, output, pairs, images, prealign, device, landmarks_dir, labels, label_names,
-              progress, title, log, spacing) -> EvaluationResult:
+    """Run every method on every pair and write results.csv, summary.md and boxplot.png to ``output``."""
     if spacing is not None and not spacing > 0:
         raise InputError(f"the evaluation spacing must be a positive number of mm, not {spacing!r}")
     if images not in IMAGE_SOURCES:
