@@ -29,3 +29,30 @@ def phantom_pair():
     from learngn.phantom import sample_pair
 
     return sample_pair(size=(64, 56, 64), spacing=4.0, max_mm=12.0, seed=0)
+
+
+
+def _mrml_source() -> str:
+    try:
+        import slicer
+    except ImportError:
+        return "slicer-core not installed"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("slicer-core")
+    except PackageNotFoundError:
+        release = "version unknown"
+    return f"slicer-core {release} at {Path(slicer.__file__).parent}"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Count the headless Slicer tests apart, with the MRML they used: a CI log must show that they ran
+    against the real libraries rather than being skipped."""
+    counts = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        counts[outcome] = sum(1 for report in terminalreporter.stats.get(outcome, [])
+                              if "Testing/slicer/" in getattr(report, "nodeid", "").replace(os.sep, "/")
+                              and (outcome != "passed" or report.when == "call"))
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n or outcome == "passed")
+    terminalreporter.write_line(f"headless Slicer tests ({_mrml_source()}): {summary}")
