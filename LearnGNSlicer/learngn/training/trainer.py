@@ -15,7 +15,6 @@ import csv
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -286,14 +285,6 @@ def plot_curves(path: Path, log: List[Dict[str, float]], title: str = "") -> Non
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           dataset: Optional[Dataset] = None) -> TrainResult:
     """Train the predictors; writes checkpoint.pt, model.pt, log.csv, curves.png and config.json to ``output``."""
-    # oneDNN's 3D convolutions are several times slower than the native ones for these tiny channel counts
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration")
-        with torch.backends.mkldnn.flags(enabled=False):
-            return _train(config, resume=resume, progress=progress, dataset=dataset)
-
-
-def _train(config: TrainConfig, *, resume: bool, progress: bool, dataset: Optional[Dataset]) -> TrainResult:
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     if config.threads:

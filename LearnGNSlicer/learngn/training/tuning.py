@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -41,13 +40,7 @@ def tuning_pairs(n_cases: int, n_pairs: int, seed: int) -> List[tuple]:
 def tune_lambda(config: TrainConfig, starts: Sequence[float], ratios: Sequence[float] = (5.0,), n_pairs: int = 6,
                 max_folding_percent: float = 0.05, data: Optional[PreparedData] = None, progress: bool = True,
                 output: Optional[Path] = None) -> TuningResult:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration")
-        with torch.backends.mkldnn.flags(enabled=False):
-            return _tune(config, starts, ratios, n_pairs, max_folding_percent, data, progress, output)
-
-
-def _tune(config, starts, ratios, n_pairs, max_folding_percent, data, progress, output) -> TuningResult:
+    """Run untrained GN with every schedule on training pairs and keep the best Dice within the folding cap."""
     data = data or prepare_data(config, validation=False)
     pairs = tuning_pairs(len(data.training), n_pairs, config.seed)
     cached = {}
@@ -95,8 +88,7 @@ def score_on_training_pairs(config: TrainConfig, model: Optional[torch.nn.Module
     """Mean Dice and folding of a model (None: classic GN) on the tuning pairs (whole training volumes)."""
     data = data or prepare_data(config, validation=False)
     dices, folds = [], []
-    with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
-        warnings.filterwarnings("ignore", message="TF32 acceleration")
+    with torch.no_grad():
         for i, j in tuning_pairs(len(data.training), n_pairs, config.seed):
             fixed, moving = data.training[i], data.training[j]
             channels = _channels_present(fixed, moving, data.label_values)
