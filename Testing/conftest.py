@@ -31,7 +31,6 @@ def phantom_pair():
     return sample_pair(size=(64, 56, 64), spacing=4.0, max_mm=12.0, seed=0)
 
 
-
 def _mrml_source() -> str:
     try:
         import slicer

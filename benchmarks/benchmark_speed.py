@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LearnGNSlicer"))
 
 import learngn  # noqa: E402
+from learngn.cli.demo import field_error  # noqa: E402
 from learngn.device import DEFAULT_WORKING_VOXELS  # noqa: E402
 from learngn.phantom import sample_pair  # noqa: E402
 from learngn.solver import SolverOptions, cupy_available, solve_regularised  # noqa: E402
@@ -100,14 +99,6 @@ def time_solve(backend: str, device: str, repeats: int = 5) -> float:
     return sorted(timings[1:])[len(timings[1:]) // 2]  # median, first call (warm-up) dropped
 
 
-def recovery_error_mm(result: learngn.RegistrationResult, pair: Tuple) -> Tuple[float, float]:
-    """Mean and 95th percentile of |recovered - true displacement| inside the phantom's body."""
-    inside = sitk.GetArrayViewFromImage(pair[2]) > 0
-    difference = sitk.GetArrayFromImage(result.displacement) - sitk.GetArrayFromImage(pair[4])
-    error = np.linalg.norm(difference, axis=-1)[inside]
-    return float(error.mean()), float(np.percentile(error, 95))
-
-
 def runs(cpu_budgets: List[Optional[int]]) -> List[Tuple[str, str, Optional[int]]]:
     """(device, solver, working-voxel budget); None is the device's default budget."""
     out = [("cpu", "torch", budget) for budget in cpu_budgets]
@@ -155,7 +146,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     for device, solver, budget, result, per_iteration in summary:
         goal = GOALS_S[device]
         total = result.timings["total"]
-        mean, p95 = recovery_error_mm(result, pair)
+        error = field_error(result.displacement, pair[4], pair[2])  # inside the phantom's body
+        mean, p95 = error["mean_error_mm"], error["p95_error_mm"]
         print(f"| {device} | {solver} | {budget_text(budget, device)} | {result.metrics['working_spacing_mm']:.2f} | "
               f"{total:.3f} | {goal} | {total / goal:.2f} | {per_iteration:.4f} | "
               f"{per_iteration / GN_ITERATION_GOAL_S:.2f} | {mean:.2f} / {p95:.2f} |")

@@ -8,7 +8,8 @@ zero: an untrained predictor is exactly classic Gauss-Newton, and training can o
 
 For speed the two predictors run as one network: the convolutions of both that read the input pair run
 as one convolution with their weights stacked (one for the linear path, one for the branches), and the
-second and output layers as block-diagonal convolutions. The parameters (and so the saved weights) stay those of the two separate predictors.
+second and output layers as block-diagonal convolutions. The parameters (and so the saved weights) stay
+those of the two separate predictors.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class ProgressTracker:
         return self._cancel is not None and bool(self._cancel())
 
     def check_cancel(self) -> None:
-        if self._cancel is not None and self._cancel():
+        if self.cancel_requested():
             raise RegistrationCancelled("registration cancelled by the caller")
 
     def start(self, stage: str, message: str) -> None:

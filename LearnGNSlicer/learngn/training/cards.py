@@ -61,11 +61,13 @@ def record_validation(card_path: Path, rows: List[Dict[str, Any]], command: str,
     them and the whole Markdown table, so what it claims can be re-run and compared.
     """
     from ..errors import InputError
+    from .evaluation import parse_method
 
     card_path = Path(card_path)
     card = json.loads(card_path.read_text(encoding="utf-8"))
     preset = card.get("preset")
-    untrained = next((r["spec"] for r in rows if str(r.get("spec", "")).split(":")[:2] == ["gn", preset]),
+    parsed = ((r["spec"], parse_method(r["spec"])) for r in rows)
+    untrained = next((spec for spec, method in parsed if method.kind == "gn" and method.preset == preset),
                      f"gn:{preset}")
     methods = {"learned": f"learngn:{preset}", "untrained": untrained}
     ok = {key: {(r["fixed"], r["moving"]): r for r in rows if r.get("spec") == spec and r.get("status") == "ok"}
