@@ -62,12 +62,13 @@ def sha256(path: Path) -> str:
 
 def load_predictors_file(path: Path) -> GaussNewtonPredictors:
     """Load weights without executing code; a corrupt or mismatched file gives an InputError."""
-    model = GaussNewtonPredictors()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean "not a usable weights file"
         raise InputError(f"cannot read model weights {path}: {error}. The file is corrupt or not a LearnGN "
                          "weights file; restore it from the repository or retrain with `learngn train`") from None
+    has_feature_net = isinstance(state, dict) and any(str(k).startswith("features.") for k in state)
+    model = GaussNewtonPredictors(feature_net=has_feature_net)
     expected = state_dict_shapes(model)
     found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     if found != expected:

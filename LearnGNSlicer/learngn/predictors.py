@@ -84,19 +84,57 @@ class StencilPredictor(nn.Module):
         return linear + branch
 
 
-class GaussNewtonPredictors(nn.Module):
-    """The learned model: predictors of J (3 outputs) and f (1 output) per feature channel."""
+#: Centres of the first layer's soft intensity windows, on the [0, 1] scale of the normalised image: the
+#: soft-tissue part of the CT window (-250 to 500 HU), where organs differ by tens of HU.
+WINDOW_CENTRES = (0.3, 0.6)
+WINDOWS = 16
+WINDOW_SLOPE = 60.0
 
-    def __init__(self) -> None:
+
+class FeatureNet(nn.Module):
+    """A compact CNN that adds learned channels of the intensity image to its MIND-SSC descriptor.
+
+    MIND is invariant to absolute intensity, yet absolute intensity is what tells organs apart in CT.  The
+    network starts with a bank of soft intensity windows (a 1x1 convolution and tanh, initialised to
+    evenly spaced centres), mixes them over a 3x3x3 neighbourhood and adds one correction per MIND channel.
+    Its output layer starts at zero, so an untrained network leaves MIND, and classic Gauss-Newton, as is.
+    """
+
+    def __init__(self, out_channels: int = 12) -> None:
+        super().__init__()
+        self.windows = nn.Conv3d(1, WINDOWS, 1)
+        self.mix = nn.Conv3d(WINDOWS, HIDDEN_CHANNELS, 3, padding=1, padding_mode="replicate")
+        self.out = nn.Conv3d(HIDDEN_CHANNELS, out_channels, 1)
+        with torch.no_grad():
+            self.windows.weight.fill_(WINDOW_SLOPE)
+            self.windows.bias.copy_(-WINDOW_SLOPE * torch.linspace(*WINDOW_CENTRES, WINDOWS))
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, intensity: torch.Tensor, mind: torch.Tensor) -> torch.Tensor:
+        """``intensity`` ``(1, 1, ...)`` in [0, 1] and its MIND ``(1, C, ...)`` -> features ``(1, C, ...)``."""
+        if mind.shape[1] != self.out.out_channels:
+            raise ValueError(f"the feature network corrects {self.out.out_channels} MIND channels, "
+                             f"the input has {mind.shape[1]}")
+        hidden = F.leaky_relu(self.mix(torch.tanh(self.windows(intensity))), 0.1)
+        return mind + self.out(hidden)
+
+
+class GaussNewtonPredictors(nn.Module):
+    """The learned model: predictors of J (3 outputs) and f (1 output) per feature channel, and optionally
+    a feature network applied to MIND before registration (``features``; None when not part of the model)."""
+
+    def __init__(self, feature_net: bool = False) -> None:
         super().__init__()
         self.jacobian = StencilPredictor(_difference_stencils())
         self.residual = StencilPredictor(_residual_stencil())
+        self.features = FeatureNet() if feature_net else None
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``warped``, ``fixed``: ``(N, 1, D, H, W)``; returns f ``(N, 1, ...)`` and J ``(N, 3, ...)``.
 
         Computes exactly what ``residual(pair), jacobian(pair)`` computes, in four convolutions instead
-        of eight; a branch whose output layer is all zero is skipped when no gradient is needed.
+        of eight; a branch whose output layer is all zero is skipped unless it is being trained.
         """
         # channels-last: oneDNN's convolutions are about twice as fast with it for these few channels
         pair = StencilPredictor._pad(torch.cat([warped, fixed], dim=1)).contiguous(
@@ -105,7 +143,8 @@ class GaussNewtonPredictors(nn.Module):
         first = F.conv3d(pair, torch.cat([p.first.weight for p in parts.values()]))
         linear = F.conv3d(StencilPredictor._pad(first), _block_diagonal([p.second.weight for p in parts.values()]))
         terms = dict(zip(parts, torch.split(linear, [p.first.out_channels for p in parts.values()], dim=1)))
-        branches = {n: p for n, p in parts.items() if torch.is_grad_enabled() or _branch_is_nonzero(p)}
+        branches = {n: p for n, p in parts.items()
+                    if (torch.is_grad_enabled() and p.branch_out.weight.requires_grad) or _branch_is_nonzero(p)}
         if branches:
             hidden = F.conv3d(pair, torch.cat([p.branch_in.weight for p in branches.values()]),
                               torch.cat([p.branch_in.bias for p in branches.values()]))

@@ -22,6 +22,7 @@ from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
 from .geometry import (compose_to_field, displacement_transform, resample, to_tensor, voxel_field_to_image,
                        working_grid, working_spacing)
 from .models import load_model
+from .predictors import GaussNewtonPredictors
 from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
 from .quality import jacobian_statistics, mean_dice, normalised_cross_correlation
@@ -120,14 +121,16 @@ def _check_inputs(fixed, moving, fixed_mask, moving_mask, fixed_segmentation, mo
 
 def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: sitk.Image,
               transform: Optional[sitk.Transform], inputs: _Inputs, settings: RegistrationSettings,
-              device: torch.device) -> torch.Tensor:
-    """The feature channels of one image on the working grid (the moving one through ``transform``)."""
+              device: torch.device, model: Optional[GaussNewtonPredictors]) -> torch.Tensor:
+    """The feature channels of one image on the working grid (the moving one through ``transform``); MIND
+    goes through the learned model's feature network where it has one."""
     channels = []
     intensity = to_tensor(resample(normalised, grid, transform), device)
     if "intensity" in settings.features:
         channels.append(intensity)
     if "mind" in settings.features:
-        channels.append(mind_ssc(intensity, dilation=settings.mind_dilation))
+        mind = mind_ssc(intensity, dilation=settings.mind_dilation)
+        channels.append(mind if model is None or model.features is None else model.features(intensity, mind))
     if "sdm" in settings.features:
         labels = sitk.GetArrayFromImage(resample(segmentation, grid, transform, sitk.sitkNearestNeighbor,
                                                  pixel_type=sitk.sitkInt32))
@@ -162,12 +165,17 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
                 tracker: ProgressTracker) -> Tuple[sitk.Image, Dict[str, float]]:
     """Features and Gauss-Newton on ``device``; returns the working-grid field (mm) and feature residuals."""
     tracker.start("features", f"computing {', '.join(settings.features)} features on {device}")
-    fixed_features = _features(inputs.fixed_normalised, inputs.fixed_segmentation, grid, None, inputs, settings, device)
-    tracker.update(0.5, "moving features")
-    moving_features = _features(inputs.moving_normalised, inputs.moving_segmentation, grid, transform, inputs,
-                                settings, device)
-    weight = _weight(inputs, grid, transform, device)
     predictors = load_model(settings.model).to(device) if settings.model else None
+    if predictors is not None and predictors.features is not None and "mind" not in settings.features:
+        raise InputError(f"model {settings.model!r} refines MIND features, but the settings use "
+                         f"{', '.join(settings.features)}; add 'mind' to the features or use the model's preset")
+    with torch.no_grad():
+        fixed_features = _features(inputs.fixed_normalised, inputs.fixed_segmentation, grid, None, inputs, settings,
+                                   device, predictors)
+        tracker.update(0.5, "moving features")
+        moving_features = _features(inputs.moving_normalised, inputs.moving_segmentation, grid, transform, inputs,
+                                    settings, device, predictors)
+    weight = _weight(inputs, grid, transform, device)
     config = _gauss_newton_config(settings, device)
     tracker.start("gauss-newton", f"Gauss-Newton on {device}")
     total_steps = config.iterations * config.levels

@@ -12,7 +12,8 @@ import torch
 import learngn
 from learngn import models, settings
 from learngn.models import load_model, load_predictors_file, sha256
-from learngn.predictors import GaussNewtonPredictors, central_differences, classic_terms
+from learngn.features import mind_ssc
+from learngn.predictors import FeatureNet, GaussNewtonPredictors, central_differences, classic_terms
 
 
 def random_pair(seed=0, shape=(2, 1, 9, 10, 11)):
@@ -209,6 +210,62 @@ def test_untrained_model_preset_registers_like_classic(model_dir, tiny_pair):
     b = sitk.GetArrayFromImage(classic.displacement)
     assert np.abs(b).max() > 0.5, "the classic run did not move; the comparison would be vacuous"
     assert np.allclose(a, b, atol=1e-2), f"max difference {np.abs(a - b).max():.3g} mm"
+
+
+# -- the feature network ----------------------------------------------------------------------------------
+
+def feature_net_model(seed=0) -> GaussNewtonPredictors:
+    """Stencil predictors plus a feature network whose output layer is no longer zero."""
+    torch.manual_seed(seed)
+    model = GaussNewtonPredictors(feature_net=True)
+    with torch.no_grad():
+        model.features.out.weight.normal_(0.0, 0.3)
+    return model
+
+
+def test_untrained_feature_net_leaves_mind_as_it_is():
+    intensity = torch.rand((1, 1, 8, 9, 10), generator=torch.Generator().manual_seed(0))
+    mind = mind_ssc(intensity)
+    with torch.no_grad():
+        assert torch.equal(FeatureNet()(intensity, mind), mind)
+        changed = feature_net_model().features(intensity, mind)
+    assert changed.shape == mind.shape and not torch.allclose(changed, mind, atol=1e-3)
+    with pytest.raises(ValueError, match="12 MIND channels"):
+        FeatureNet()(intensity, mind[:, :5])
+
+
+def test_feature_net_weights_load_through_a_card_and_change_the_result(model_dir, tiny_pair):
+    write_model(model_dir, "withfeatures", feature_net_model(), preset="features-preset",
+                settings={"iterations": 2, "prealign": "none"})
+    write_model(model_dir, "untrainedfeatures", GaussNewtonPredictors(feature_net=True),
+                preset="untrained-features-preset", settings={"iterations": 2, "prealign": "none"})
+    loaded = load_model("withfeatures")
+    assert loaded.features is not None
+    assert torch.equal(loaded.features.out.weight, feature_net_model().features.out.weight)
+    fixed, moving = tiny_pair
+    classic = sitk.GetArrayFromImage(learngn.register(fixed, moving, iterations=2, prealign="none").displacement)
+    untrained = learngn.register(fixed, moving, preset="untrained-features-preset").displacement
+    learned = learngn.register(fixed, moving, preset="features-preset").displacement
+    assert np.abs(classic).max() > 0.5, "the classic run did not move; the comparison would be vacuous"
+    assert np.allclose(sitk.GetArrayFromImage(untrained), classic, atol=1e-2)
+    assert np.abs(sitk.GetArrayFromImage(learned) - classic).max() > 0.05
+
+
+def test_feature_net_model_without_mind_features_is_an_input_error(model_dir, tiny_pair):
+    write_model(model_dir, "withfeatures", feature_net_model(), preset="features-preset",
+                settings={"iterations": 2, "prealign": "none"})
+    fixed, moving = tiny_pair
+    with pytest.raises(learngn.InputError, match="refines MIND features"):
+        learngn.register(fixed, moving, preset="features-preset", features="intensity")
+
+
+def test_mismatched_feature_net_weights_are_an_input_error(tmp_path):
+    state = feature_net_model().state_dict()
+    state["features.windows.weight"] = torch.zeros(4, 1, 1, 1, 1)  # fewer windows
+    path = tmp_path / "features.pt"
+    torch.save(state, path)
+    with pytest.raises(learngn.InputError, match="do not match this version"):
+        load_predictors_file(path)
 
 
 # -- the shipped models ---------------------------------------------------------------------------------

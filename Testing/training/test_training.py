@@ -140,6 +140,26 @@ def test_synthetic_setting_trains(tiny_labels, tmp_path):
     assert np.isfinite(result.log[-1]["loss"]) and result.val_dice_final is not None
 
 
+def test_feature_network_training_fits_only_the_feature_network(tiny_labels, tmp_path):
+    from learngn.predictors import GaussNewtonPredictors
+
+    config = tiny_config(tiny_labels, tmp_path / "fn", setting="synthetic", feature_net=True, trainable="features",
+                         optimizer="adam", steps=2, val_pairs=0)
+    trained = state_of(train(config, progress=False).weights)
+    torch.manual_seed(0)  # train() seeds torch with config.seed (0) before building its model
+    initial = GaussNewtonPredictors(feature_net=True).state_dict()
+    assert set(trained) == set(initial)
+    assert all(torch.equal(trained[k], initial[k]) for k in initial if not k.startswith("features."))
+    assert trained["features.out.weight"].abs().max() > 0, "the feature network's output layer did not move"
+
+
+def test_feature_network_options_are_checked():
+    with pytest.raises(learngn.InputError, match="refines MIND"):
+        TrainConfig(output="x", labels_dir="y", setting="sdm", feature_net=True)
+    with pytest.raises(learngn.InputError, match="add --feature-net"):
+        TrainConfig(output="x", labels_dir="y", setting="synthetic", trainable="features")
+
+
 def test_crop_start_centres_the_crop_inside_the_volume():
     from learngn.training.augment import crop_start
 

@@ -39,7 +39,8 @@ _OPTIONS = {
     "--steps": ("steps", int, "optimiser steps"),
     "--batch-size": ("batch_size", int, "pairs per optimiser step"),
     "--learning-rate": ("learning_rate", float, "Adam learning rate"),
-    "--trainable": ("trainable", str, "which predictor to fit: all, residual (f only) or jacobian (J only)"),
+    "--trainable": ("trainable", str, "which part to fit: all, residual (f only), jacobian (J only) or "
+                                      "features (the feature network only)"),
     "--optimizer": ("optimizer", str, "nsgd: SGD with momentum on the normalised gradient (default; safe for "
                                       "stencil-initialised predictors); adam"),
     "--loss": ("loss", str, "dice (soft Dice of warped one-hot labels) or ce (weighted cross-entropy)"),
@@ -76,10 +77,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.pt")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="no random affine/elastic augmentation")
+    parser.add_argument("--feature-net", dest="feature_net", action="store_true", default=None,
+                        help="add a compact CNN that refines the MIND features from the intensities (synthetic "
+                             "and images settings); its weights ship with the model")
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
     options = parser.add_argument_group("training options (default: see learngn.training.TrainConfig)")
     choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
-               "--trainable": ("all", "residual", "jacobian"), "--synthesis": ("random", "ct")}
+               "--trainable": ("all", "residual", "jacobian", "features"), "--synthesis": ("random", "ct")}
     for flag, (_, kind, text) in _OPTIONS.items():
         options.add_argument(flag, type=kind, default=None, help=text, choices=choices.get(flag))
     tuning = parser.add_argument_group("tuning classic GN first (on training pairs)")
@@ -117,6 +121,8 @@ def build_config(args: argparse.Namespace):
             values[name] = None if value == () else value
     if args.augment is False:
         values["augment"] = False
+    if args.feature_net:
+        values["feature_net"] = True
     if not values.get("dataset") and not values.get("labels_dir"):
         raise InputError("give the training data: --dataset dataset.json or --labels-dir DIR")
     return TrainConfig.from_dict(values)

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 from ..errors import InputError
 
 SETTINGS = ("sdm", "synthetic", "images")
+TRAINABLE = ("all", "residual", "jacobian", "features")
 
 
 def registration_settings_keys() -> set:
@@ -41,7 +42,8 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 1                          # pairs per optimiser step
     learning_rate: float = 1e-3
-    trainable: str = "all"                       # all | residual (f predictor only) | jacobian (J only)
+    trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features
+    feature_net: bool = False                    # add a feature network to MIND (synthetic and images settings)
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
     loss: str = "dice"                           # dice | ce
     smoothness_weight: float = 0.1
@@ -64,8 +66,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
             raise InputError(f"unknown training setting {self.setting!r}; choose from {', '.join(SETTINGS)}")
-        if self.trainable not in ("all", "residual", "jacobian"):
-            raise InputError(f"unknown trainable part {self.trainable!r}; use all, residual or jacobian")
+        if self.trainable not in TRAINABLE:
+            raise InputError(f"unknown trainable part {self.trainable!r}; use {', '.join(TRAINABLE)}")
+        if self.feature_net and self.setting == "sdm":
+            raise InputError("the feature network refines MIND features; use it with --setting synthetic or images")
+        if self.trainable == "features" and not self.feature_net:
+            raise InputError("--trainable features needs the feature network: add --feature-net")
         if self.optimizer not in ("nsgd", "adam"):
             raise InputError(f"unknown optimizer {self.optimizer!r}; use nsgd or adam")
         if self.loss not in ("dice", "ce"):

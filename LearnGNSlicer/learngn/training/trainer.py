@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -105,9 +105,17 @@ def _channels_present(fixed: CaseData, moving: CaseData, values: Sequence[int]) 
     return [i for i, v in enumerate(values) if v in present]
 
 
+class CaseTensors(NamedTuple):
+    """One case on the (cropped, augmented) training grid."""
+
+    features: torch.Tensor             # (1, C, ...): distance maps, or MIND before any feature network
+    labels: torch.Tensor               # (1, n_classes, ...) soft one-hot
+    intensity: Optional[torch.Tensor]  # (1, 1, ...) normalised image (None in the distance-map setting)
+
+
 def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords: Optional[torch.Tensor],
-                 generator: Optional[torch.Generator], channels: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Features ``(1, C, ...)`` and soft one-hot labels ``(1, n_classes, ...)`` of a case, augmented by ``coords``.
+                 generator: Optional[torch.Generator], channels: Sequence[int]) -> CaseTensors:
+    """Features, soft one-hot labels and intensity of a case, augmented by ``coords``.
 
     ``generator`` None means evaluation: no randomness (the synthetic appearance is the fixed CT table).
     """
@@ -117,7 +125,7 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
     if config.setting == "sdm":
         sdm = torch.from_numpy(case.sdm[list(channels)])[None]
         features = sample(sdm, coords) if coords is not None else sdm
-        return features, labels
+        return CaseTensors(features, labels, None)
     if config.setting == "synthetic":
         hard = labels[0].argmax(0)
         if generator is None:
@@ -133,7 +141,19 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
         if coords is not None:
             image = sample(image, coords)
         intensity = normalise_intensity(image, data.windows[case.name])
-    return mind_ssc(intensity, dilation=config.mind_dilation), labels
+    return CaseTensors(mind_ssc(intensity, dilation=config.mind_dilation), labels, intensity)
+
+
+def model_features(model: Optional[torch.nn.Module], case: CaseTensors) -> torch.Tensor:
+    """The features Gauss-Newton sees: MIND through the model's feature network where it has one."""
+    network = getattr(model, "features", None)
+    return case.features if network is None or case.intensity is None else network(case.intensity, case.features)
+
+
+class TrainingSample(NamedTuple):
+    names: Tuple[str, str]
+    fixed: CaseTensors
+    moving: CaseTensors
 
 
 def _augment_options(config: TrainConfig) -> AugmentOptions:
@@ -161,15 +181,20 @@ def training_sample(config: TrainConfig, data: PreparedData, step: int, index: i
         else:
             coords = None
         tensors.append(case_tensors(config, data, case, coords, generator, channels))
-    (fixed_features, fixed_labels), (moving_features, moving_labels) = tensors
-    return (fixed.name, moving.name), fixed_features, fixed_labels, moving_features, moving_labels
+    return TrainingSample((fixed.name, moving.name), *tensors)
 
 
-def sample_loss(config: TrainConfig, model: torch.nn.Module, config_gn: GaussNewtonConfig, sample_
+def register_cases(model: Optional[torch.nn.Module], config_gn: GaussNewtonConfig, fixed: CaseTensors,
+                   moving: CaseTensors) -> torch.Tensor:
+    """The displacement (voxels) that the model (None: classic GN) finds between two cases."""
+    return gauss_newton(model_features(model, fixed), model_features(model, moving), config_gn, predictors=model)
+
+
+def sample_loss(config: TrainConfig, model: torch.nn.Module, config_gn: GaussNewtonConfig, sample_: TrainingSample
                 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Label loss of the warped moving labels plus the weighted smoothness of the displacement."""
-    _, fixed_features, fixed_labels, moving_features, moving_labels = sample_
-    displacement = gauss_newton(fixed_features, moving_features, config_gn, predictors=model)
+    fixed_labels, moving_labels = sample_.fixed.labels, sample_.moving.labels
+    displacement = register_cases(model, config_gn, sample_.fixed, sample_.moving)
     warped = warp(moving_labels, displacement)
     present = (fixed_labels.sum((0, 2, 3, 4)) > 0) | (moving_labels.sum((0, 2, 3, 4)) > 0)
     if config.loss == "dice":
@@ -202,10 +227,10 @@ def validate(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.M
         for pair in data.validation_pairs:
             fixed, moving = data.validation[pair.fixed], data.validation[pair.moving]
             channels = _channels_present(fixed, moving, data.label_values)
-            fixed_features, fixed_labels = case_tensors(config, data, fixed, None, None, channels)
-            moving_features, moving_labels = case_tensors(config, data, moving, None, None, channels)
-            displacement = gauss_newton(fixed_features, moving_features, gn_config(config), predictors=model)
-            scores.append(hard_dice(fixed_labels, warp(moving_labels, displacement)))
+            fixed_case = case_tensors(config, data, fixed, None, None, channels)
+            moving_case = case_tensors(config, data, moving, None, None, channels)
+            displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
+            scores.append(hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)))
     return float(np.mean(scores))
 
 
@@ -213,7 +238,7 @@ def trained_parameters(config: TrainConfig, model: torch.nn.Module) -> List[torc
     """The parameters the run fits; the others keep their classic-GN initialisation."""
     if config.trainable == "all":
         return list(model.parameters())
-    part = model.residual if config.trainable == "residual" else model.jacobian
+    part = getattr(model, config.trainable)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for parameter in part.parameters():
@@ -290,7 +315,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = GaussNewtonPredictors()
+    model = GaussNewtonPredictors(feature_net=config.feature_net)
     optimiser = make_optimiser(config, model)
     log: List[Dict[str, float]] = []
     first_step = 0

@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..gauss_newton import gauss_newton, warp
+from ..gauss_newton import warp
 from ..geometry import voxel_field_to_image
 from ..quality import jacobian_statistics
 from .config import TrainConfig
 from .progressbar import ProgressBar
-from .trainer import PreparedData, _channels_present, case_tensors, gn_config, hard_dice, prepare_data
+from .trainer import PreparedData, _channels_present, case_tensors, gn_config, hard_dice, prepare_data, register_cases
 
 
 @dataclass
@@ -55,10 +55,10 @@ def tune_lambda(config: TrainConfig, starts: Sequence[float], ratios: Sequence[f
     for start, ratio in grid:
         candidate = config.replace(lambda_start=float(start), lambda_end=float(start) / float(ratio))
         dices, folds, stds = [], [], []
-        for (i, j), ((ff, fl), (mf, ml), reference) in cached.items():
+        for (i, j), (fixed_case, moving_case, reference) in cached.items():
             with torch.no_grad():
-                displacement = gauss_newton(ff, mf, gn_config(candidate))
-                dices.append(hard_dice(fl, warp(ml, displacement)))
+                displacement = register_cases(None, gn_config(candidate), fixed_case, moving_case)
+                dices.append(hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)))
             stats = jacobian_statistics(voxel_field_to_image(displacement, reference))
             folds.append(stats["negative_jacobian_percent"])
             stds.append(stats["log_jacobian_std"])
@@ -68,8 +68,8 @@ def tune_lambda(config: TrainConfig, starts: Sequence[float], ratios: Sequence[f
                      "log_jacobian_std": float(np.mean(stds)), "pairs": len(cached)})
     bar.close()
     initial = []
-    for (ff, fl), (mf, ml), _ in cached.values():
-        initial.append(hard_dice(fl, ml))
+    for fixed_case, moving_case, _ in cached.values():
+        initial.append(hard_dice(fixed_case.labels, moving_case.labels))
     for row in rows:
         row["dice_initial"] = float(np.mean(initial))
     allowed = [r for r in rows if r["negative_jacobian_percent"] <= max_folding_percent] or rows
@@ -92,9 +92,9 @@ def score_on_training_pairs(config: TrainConfig, model: Optional[torch.nn.Module
         for i, j in tuning_pairs(len(data.training), n_pairs, config.seed):
             fixed, moving = data.training[i], data.training[j]
             channels = _channels_present(fixed, moving, data.label_values)
-            ff, fl = case_tensors(config, data, fixed, None, None, channels)
-            mf, ml = case_tensors(config, data, moving, None, None, channels)
-            displacement = gauss_newton(ff, mf, gn_config(config), predictors=model)
-            dices.append(hard_dice(fl, warp(ml, displacement)))
+            fixed_case = case_tensors(config, data, fixed, None, None, channels)
+            moving_case = case_tensors(config, data, moving, None, None, channels)
+            displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
+            dices.append(hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)))
             folds.append(jacobian_statistics(voxel_field_to_image(displacement, fixed.grid))["negative_jacobian_percent"])
     return {"dice": float(np.mean(dices)), "negative_jacobian_percent": float(np.mean(folds))}
