@@ -153,6 +153,18 @@ def test_feature_network_training_fits_only_the_feature_network(tiny_labels, tmp
     assert trained["features.out.weight"].abs().max() > 0, "the feature network's output layer did not move"
 
 
+def test_cosine_schedule_decays_to_zero_and_constant_stays():
+    from learngn.training.trainer import learning_rate
+
+    cosine = TrainConfig(output="x", labels_dir="y", steps=100, learning_rate=0.01, schedule="cosine")
+    rates = [learning_rate(cosine, step) for step in range(1, 101)]
+    assert rates[0] == pytest.approx(0.01) and rates[-1] < 1e-5
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(cosine.replace(schedule="constant"), 100) == 0.01
+    with pytest.raises(learngn.InputError, match="schedule"):
+        cosine.replace(schedule="linear")
+
+
 def test_feature_network_options_are_checked():
     with pytest.raises(learngn.InputError, match="refines MIND"):
         TrainConfig(output="x", labels_dir="y", setting="sdm", feature_net=True)

@@ -39,6 +39,7 @@ _OPTIONS = {
     "--steps": ("steps", int, "optimiser steps"),
     "--batch-size": ("batch_size", int, "pairs per optimiser step"),
     "--learning-rate": ("learning_rate", float, "Adam learning rate"),
+    "--schedule": ("schedule", str, "learning-rate schedule: constant, or cosine (decays to 0 at the last step)"),
     "--trainable": ("trainable", str, "which part to fit: all, residual (f only), jacobian (J only) or "
                                       "features (the feature network only)"),
     "--optimizer": ("optimizer", str, "nsgd: SGD with momentum on the normalised gradient (default; safe for "
@@ -83,7 +84,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
     options = parser.add_argument_group("training options (default: see learngn.training.TrainConfig)")
     choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
-               "--trainable": ("all", "residual", "jacobian", "features"), "--synthesis": ("random", "ct")}
+               "--trainable": ("all", "residual", "jacobian", "features"), "--synthesis": ("random", "ct"),
+               "--schedule": ("constant", "cosine")}
     for flag, (_, kind, text) in _OPTIONS.items():
         options.add_argument(flag, type=kind, default=None, help=text, choices=choices.get(flag))
     tuning = parser.add_argument_group("tuning classic GN first (on training pairs)")

@@ -42,6 +42,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 1                          # pairs per optimiser step
     learning_rate: float = 1e-3
+    schedule: str = "constant"                   # constant | cosine (decays the learning rate to 0 at the last step)
     trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features
     feature_net: bool = False                    # add a feature network to MIND (synthetic and images settings)
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
@@ -74,6 +75,8 @@ class TrainConfig:
             raise InputError("--trainable features needs the feature network: add --feature-net")
         if self.optimizer not in ("nsgd", "adam"):
             raise InputError(f"unknown optimizer {self.optimizer!r}; use nsgd or adam")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"unknown learning-rate schedule {self.schedule!r}; use constant or cosine")
         if self.loss not in ("dice", "ce"):
             raise InputError(f"unknown loss {self.loss!r}; use dice or ce")
         if self.steps < 0 or self.batch_size < 1 or self.iterations < 1:

@@ -253,6 +253,13 @@ def make_optimiser(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=0.9)
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (1-based); a function of the step alone, so a resumed run matches."""
+    if config.schedule == "cosine":
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(config.steps, 1)))
+    return config.learning_rate
+
+
 def _save_checkpoint(path: Path, step: int, model, optimiser, config: TrainConfig, log) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save({"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -363,6 +370,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
             for p in model.parameters():
                 if p.grad is not None:
                     p.grad.div_(norm.clamp_min(1e-12))
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, step)
         optimiser.step()
         row: Dict[str, Optional[float]] = dict(step=step, **totals, val_dice=None,
                                                seconds=round(time.perf_counter() - started, 2))
