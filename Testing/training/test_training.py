@@ -253,6 +253,7 @@ def _export(tiny_labels, tmp_path, name):
 def test_exported_card_loads_through_register_and_corrupt_weights_fail(tiny_labels, tmp_path, monkeypatch):
     from learngn import models as model_registry
 
+    monkeypatch.setattr(learngn.settings, "PRESETS", dict(learngn.settings.PRESETS))  # the exported preset stays here
     name = f"tinytest{np.random.randint(1 << 30)}"
     models = _export(tiny_labels, tmp_path, name)
     monkeypatch.setenv("LEARNGN_MODEL_DIR", str(models))
@@ -281,6 +282,8 @@ def test_exported_card_loads_through_register_and_corrupt_weights_fail(tiny_labe
 
 def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch):
     from learngn.cli import evaluate as evaluate_command
+
+    monkeypatch.setattr(learngn.settings, "PRESETS", dict(learngn.settings.PRESETS))  # the exported preset stays here
     from learngn.cli import train as train_command
 
     parser = argparse.ArgumentParser()
