@@ -130,6 +130,19 @@ class GaussNewtonPredictors(nn.Module):
         self.residual = StencilPredictor(_residual_stencil())
         self.features = FeatureNet() if feature_net else None
 
+    def computes_classic_terms(self) -> bool:
+        """True when J and f are still the stencils of classic GN (e.g. a model that trained only its feature
+        network): Gauss-Newton can then use the faster ``classic_terms``."""
+        stencils = {"jacobian": _difference_stencils(), "residual": _residual_stencil()}
+        with torch.no_grad():
+            for name, first in stencils.items():
+                part: StencilPredictor = getattr(self, name)
+                second = _identity_stencil(first.shape[0])
+                if (_branch_is_nonzero(part) or not torch.equal(part.first.weight.cpu(), first)
+                        or not torch.equal(part.second.weight.cpu(), second)):
+                    return False
+        return True
+
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``warped``, ``fixed``: ``(N, 1, D, H, W)``; returns f ``(N, 1, ...)`` and J ``(N, 3, ...)``.
 

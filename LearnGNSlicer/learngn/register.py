@@ -185,8 +185,9 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
         tracker.update(step / total_steps, f"level {level + 1}/{config.levels}, iteration {iteration + 1}/{per_level}")
 
     with torch.no_grad():
+        term_predictors = None if predictors is None or predictors.computes_classic_terms() else predictors
         displacement = gauss_newton(fixed_features, moving_features, config, weight=weight,
-                                    predictors=predictors, on_iteration=on_iteration)
+                                    predictors=term_predictors, on_iteration=on_iteration)
         residual = {
             "feature_residual_prealigned": _mean_squared(fixed_features - moving_features, weight),
             "feature_residual_after": _mean_squared(fixed_features - warp(moving_features, displacement), weight),

@@ -223,6 +223,16 @@ def feature_net_model(seed=0) -> GaussNewtonPredictors:
     return model
 
 
+def test_only_stencil_predictors_count_as_classic():
+    assert GaussNewtonPredictors().computes_classic_terms()
+    assert feature_net_model().computes_classic_terms()  # only its feature network was trained
+    assert not perturbed_model().computes_classic_terms()
+    model = GaussNewtonPredictors()
+    with torch.no_grad():
+        model.residual.branch_out.bias.fill_(0.01)
+    assert not model.computes_classic_terms()
+
+
 def test_untrained_feature_net_leaves_mind_as_it_is():
     intensity = torch.rand((1, 1, 8, 9, 10), generator=torch.Generator().manual_seed(0))
     mind = mind_ssc(intensity)
