@@ -16,7 +16,7 @@ from typing import Dict, List
 import torch
 
 from .errors import InputError
-from .predictors import GaussNewtonPredictors, state_dict_shapes
+from .predictors import GaussNewtonPredictors, feature_net_kind, state_dict_shapes
 
 MODEL_DIR_VARIABLE = "LEARNGN_MODEL_DIR"
 
@@ -67,8 +67,7 @@ def load_predictors_file(path: Path) -> GaussNewtonPredictors:
     except Exception as error:  # pickle, zip and torch errors all mean "not a usable weights file"
         raise InputError(f"cannot read model weights {path}: {error}. The file is corrupt or not a LearnGN "
                          "weights file; restore it from the repository or retrain with `learngn train`") from None
-    has_feature_net = isinstance(state, dict) and any(str(k).startswith("features.") for k in state)
-    model = GaussNewtonPredictors(feature_net=has_feature_net)
+    model = GaussNewtonPredictors(feature_net=feature_net_kind(state) if isinstance(state, dict) else None)
     expected = state_dict_shapes(model)
     found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     if found != expected:

@@ -13,7 +13,8 @@ those of the two separate predictors.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -84,51 +85,86 @@ class StencilPredictor(nn.Module):
         return linear + branch
 
 
-#: Centres of the first layer's soft intensity windows, on the [0, 1] scale of the normalised image: the
+@dataclass(frozen=True)
+class FeatureNetKind:
+    """What a feature network reads and corrects, and where its soft windows start."""
+
+    outputs: int                        # corrections per voxel
+    window_centres: Tuple[float, float]
+    window_slope: float
+
+
+#: ``mind``: reads the normalised intensity and corrects the 12 MIND channels; its windows cover the
 #: soft-tissue part of the CT window (-250 to 500 HU), where organs differ by tens of HU.
-WINDOW_CENTRES = (0.3, 0.6)
+#: ``sdm``: reads each signed distance map (in [-1, 1]) and corrects that map, the same network for every
+#: organ, so it reshapes the distance profile that drives Gauss-Newton.
+FEATURE_NET_KINDS: Dict[str, FeatureNetKind] = {
+    "mind": FeatureNetKind(12, (0.3, 0.6), 60.0),
+    "sdm": FeatureNetKind(1, (-1.0, 1.0), 8.0),
+}
 WINDOWS = 16
-WINDOW_SLOPE = 60.0
 
 
 class FeatureNet(nn.Module):
-    """A compact CNN that adds learned channels of the intensity image to its MIND-SSC descriptor.
+    """A compact CNN that adds learned corrections to the features before Gauss-Newton.
 
-    MIND is invariant to absolute intensity, yet absolute intensity is what tells organs apart in CT.  The
-    network starts with a bank of soft intensity windows (a 1x1 convolution and tanh, initialised to
-    evenly spaced centres), mixes them over a 3x3x3 neighbourhood and adds one correction per MIND channel.
-    Its output layer starts at zero, so an untrained network leaves MIND, and classic Gauss-Newton, as is.
+    MIND is invariant to absolute intensity, yet absolute intensity is what tells organs apart in CT; a
+    distance map's profile fixes how far and how hard each organ pulls.  The network starts with a bank of
+    soft windows of its input (a 1x1x1 convolution and tanh, evenly spaced centres), mixes them over a
+    3x3x3 neighbourhood and adds one correction per feature channel.  Its output layer starts at zero, so
+    an untrained network leaves the features, and classic Gauss-Newton, as they are.
     """
 
-    def __init__(self, out_channels: int = 12) -> None:
+    def __init__(self, kind: str = "mind") -> None:
         super().__init__()
+        if kind not in FEATURE_NET_KINDS:
+            raise ValueError(f"unknown feature network kind {kind!r}; use {', '.join(FEATURE_NET_KINDS)}")
+        self.kind = kind
+        spec = FEATURE_NET_KINDS[kind]
         self.windows = nn.Conv3d(1, WINDOWS, 1)
         self.mix = nn.Conv3d(WINDOWS, HIDDEN_CHANNELS, 3, padding=1, padding_mode="replicate")
-        self.out = nn.Conv3d(HIDDEN_CHANNELS, out_channels, 1)
+        self.out = nn.Conv3d(HIDDEN_CHANNELS, spec.outputs, 1)
         with torch.no_grad():
-            self.windows.weight.fill_(WINDOW_SLOPE)
-            self.windows.bias.copy_(-WINDOW_SLOPE * torch.linspace(*WINDOW_CENTRES, WINDOWS))
+            self.windows.weight.fill_(spec.window_slope)
+            self.windows.bias.copy_(-spec.window_slope * torch.linspace(*spec.window_centres, WINDOWS))
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
-    def forward(self, intensity: torch.Tensor, mind: torch.Tensor) -> torch.Tensor:
-        """``intensity`` ``(1, 1, ...)`` in [0, 1] and its MIND ``(1, C, ...)`` -> features ``(1, C, ...)``."""
-        if mind.shape[1] != self.out.out_channels:
+    def _correction(self, source: torch.Tensor) -> torch.Tensor:
+        return self.out(F.leaky_relu(self.mix(torch.tanh(self.windows(source))), 0.1))
+
+    def refine(self, features: torch.Tensor, intensity: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Features ``(1, C, ...)`` (MIND, with its ``intensity`` ``(1, 1, ...)`` in [0, 1]; or distance
+        maps) -> corrected features of the same shape."""
+        if self.kind == "sdm":
+            per_channel = features.transpose(0, 1)  # each map through the same network: (C, 1, ...)
+            return (per_channel + self._correction(per_channel)).transpose(0, 1)
+        if intensity is None:
+            raise ValueError("the MIND feature network needs the intensity image")
+        if features.shape[1] != self.out.out_channels:
             raise ValueError(f"the feature network corrects {self.out.out_channels} MIND channels, "
-                             f"the input has {mind.shape[1]}")
-        hidden = F.leaky_relu(self.mix(torch.tanh(self.windows(intensity))), 0.1)
-        return mind + self.out(hidden)
+                             f"the input has {features.shape[1]}")
+        return features + self._correction(intensity)
+
+
+def feature_net_kind(state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The kind of feature network a saved state dict holds (None: no feature network)."""
+    out = state.get("features.out.weight")
+    if out is None:
+        return None
+    return next((k for k, spec in FEATURE_NET_KINDS.items() if spec.outputs == out.shape[0]), "mind")
 
 
 class GaussNewtonPredictors(nn.Module):
     """The learned model: predictors of J (3 outputs) and f (1 output) per feature channel, and optionally
-    a feature network applied to MIND before registration (``features``; None when not part of the model)."""
+    a feature network applied to the features before registration (``features``; None when not part of
+    the model; ``feature_net`` names its kind, ``mind`` or ``sdm``)."""
 
-    def __init__(self, feature_net: bool = False) -> None:
+    def __init__(self, feature_net: Optional[str] = None) -> None:
         super().__init__()
         self.jacobian = StencilPredictor(_difference_stencils())
         self.residual = StencilPredictor(_residual_stencil())
-        self.features = FeatureNet() if feature_net else None
+        self.features = FeatureNet(feature_net) if feature_net else None
 
     def computes_classic_terms(self) -> bool:
         """True when J and f are still the stencils of classic GN (e.g. a model that trained only its feature

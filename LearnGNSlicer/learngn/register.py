@@ -128,14 +128,16 @@ def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: 
     intensity = to_tensor(resample(normalised, grid, transform), device)
     if "intensity" in settings.features:
         channels.append(intensity)
+    network = model.features if model is not None else None
     if "mind" in settings.features:
         mind = mind_ssc(intensity, dilation=settings.mind_dilation)
-        channels.append(mind if model is None or model.features is None else model.features(intensity, mind))
+        channels.append(network.refine(mind, intensity) if network is not None and network.kind == "mind" else mind)
     if "sdm" in settings.features:
         labels = sitk.GetArrayFromImage(resample(segmentation, grid, transform, sitk.sitkNearestNeighbor,
                                                  pixel_type=sitk.sitkInt32))
-        sdm = signed_distance_maps(labels, inputs.labels, grid.GetSpacing()[0], settings.sdm_clip_mm)
-        channels.append(torch.from_numpy(sdm).to(device)[None])
+        sdm = torch.from_numpy(signed_distance_maps(labels, inputs.labels, grid.GetSpacing()[0],
+                                                    settings.sdm_clip_mm)).to(device)[None]
+        channels.append(network.refine(sdm) if network is not None and network.kind == "sdm" else sdm)
     return torch.cat(channels, dim=1)
 
 
@@ -166,9 +168,10 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
     """Features and Gauss-Newton on ``device``; returns the working-grid field (mm) and feature residuals."""
     tracker.start("features", f"computing {', '.join(settings.features)} features on {device}")
     predictors = load_model(settings.model).to(device) if settings.model else None
-    if predictors is not None and predictors.features is not None and "mind" not in settings.features:
-        raise InputError(f"model {settings.model!r} refines MIND features, but the settings use "
-                         f"{', '.join(settings.features)}; add 'mind' to the features or use the model's preset")
+    if predictors is not None and predictors.features is not None and predictors.features.kind not in settings.features:
+        raise InputError(f"model {settings.model!r} refines {predictors.features.kind} features, but the settings "
+                         f"use {', '.join(settings.features)}; add {predictors.features.kind!r} to the features "
+                         "or use the model's preset")
     with torch.no_grad():
         fixed_features = _features(inputs.fixed_normalised, inputs.fixed_segmentation, grid, None, inputs, settings,
                                    device, predictors)

@@ -217,7 +217,7 @@ def test_untrained_model_preset_registers_like_classic(model_dir, tiny_pair):
 def feature_net_model(seed=0) -> GaussNewtonPredictors:
     """Stencil predictors plus a feature network whose output layer is no longer zero."""
     torch.manual_seed(seed)
-    model = GaussNewtonPredictors(feature_net=True)
+    model = GaussNewtonPredictors(feature_net="mind")
     with torch.no_grad():
         model.features.out.weight.normal_(0.0, 0.3)
     return model
@@ -237,17 +237,34 @@ def test_untrained_feature_net_leaves_mind_as_it_is():
     intensity = torch.rand((1, 1, 8, 9, 10), generator=torch.Generator().manual_seed(0))
     mind = mind_ssc(intensity)
     with torch.no_grad():
-        assert torch.equal(FeatureNet()(intensity, mind), mind)
-        changed = feature_net_model().features(intensity, mind)
+        assert torch.equal(FeatureNet().refine(mind, intensity), mind)
+        changed = feature_net_model().features.refine(mind, intensity)
     assert changed.shape == mind.shape and not torch.allclose(changed, mind, atol=1e-3)
     with pytest.raises(ValueError, match="12 MIND channels"):
-        FeatureNet()(intensity, mind[:, :5])
+        FeatureNet().refine(mind[:, :5], intensity)
+
+
+def test_distance_map_feature_net_refines_each_map_alike_and_loads_as_its_kind(tmp_path):
+    maps = 2 * torch.rand((1, 4, 6, 7, 8), generator=torch.Generator().manual_seed(1)) - 1
+    with torch.no_grad():
+        assert torch.equal(FeatureNet("sdm").refine(maps), maps)
+        model = GaussNewtonPredictors(feature_net="sdm")
+        model.features.out.weight.normal_(0.0, 0.3)
+        refined = model.features.refine(maps)
+        # the same network for every map: refining one map alone gives that map's channel
+        alone = model.features.refine(maps[:, 2:3])
+    assert refined.shape == maps.shape and not torch.allclose(refined, maps, atol=1e-3)
+    assert torch.allclose(alone[0, 0], refined[0, 2], atol=1e-6)
+    path = tmp_path / "sdm.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_predictors_file(path)
+    assert loaded.features.kind == "sdm" and torch.equal(loaded.features.out.weight, model.features.out.weight)
 
 
 def test_feature_net_weights_load_through_a_card_and_change_the_result(model_dir, tiny_pair):
     write_model(model_dir, "withfeatures", feature_net_model(), preset="features-preset",
                 settings={"iterations": 2, "prealign": "none"})
-    write_model(model_dir, "untrainedfeatures", GaussNewtonPredictors(feature_net=True),
+    write_model(model_dir, "untrainedfeatures", GaussNewtonPredictors(feature_net="mind"),
                 preset="untrained-features-preset", settings={"iterations": 2, "prealign": "none"})
     loaded = load_model("withfeatures")
     assert loaded.features is not None
@@ -265,7 +282,7 @@ def test_feature_net_model_without_mind_features_is_an_input_error(model_dir, ti
     write_model(model_dir, "withfeatures", feature_net_model(), preset="features-preset",
                 settings={"iterations": 2, "prealign": "none"})
     fixed, moving = tiny_pair
-    with pytest.raises(learngn.InputError, match="refines MIND features"):
+    with pytest.raises(learngn.InputError, match="refines mind features"):
         learngn.register(fixed, moving, preset="features-preset", features="intensity")
 
 

@@ -147,7 +147,7 @@ def test_feature_network_training_fits_only_the_feature_network(tiny_labels, tmp
                          optimizer="adam", steps=2, val_pairs=0)
     trained = state_of(train(config, progress=False).weights)
     torch.manual_seed(0)  # train() seeds torch with config.seed (0) before building its model
-    initial = GaussNewtonPredictors(feature_net=True).state_dict()
+    initial = GaussNewtonPredictors(feature_net="mind").state_dict()
     assert set(trained) == set(initial)
     assert all(torch.equal(trained[k], initial[k]) for k in initial if not k.startswith("features."))
     assert trained["features.out.weight"].abs().max() > 0, "the feature network's output layer did not move"
@@ -165,9 +165,15 @@ def test_cosine_schedule_decays_to_zero_and_constant_stays():
         cosine.replace(schedule="linear")
 
 
+def test_distance_map_feature_network_trains(tiny_labels, tmp_path):
+    config = tiny_config(tiny_labels, tmp_path / "sdmfn", feature_net=True, trainable="features", optimizer="adam",
+                         steps=2, val_pairs=0)
+    trained = state_of(train(config, progress=False).weights)
+    assert trained["features.out.weight"].shape[0] == 1  # one correction per distance map
+    assert trained["features.out.weight"].abs().max() > 0
+
+
 def test_feature_network_options_are_checked():
-    with pytest.raises(learngn.InputError, match="refines MIND"):
-        TrainConfig(output="x", labels_dir="y", setting="sdm", feature_net=True)
     with pytest.raises(learngn.InputError, match="add --feature-net"):
         TrainConfig(output="x", labels_dir="y", setting="synthetic", trainable="features")
 

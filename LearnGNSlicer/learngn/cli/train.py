@@ -79,8 +79,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="no random affine/elastic augmentation")
     parser.add_argument("--feature-net", dest="feature_net", action="store_true", default=None,
-                        help="add a compact CNN that refines the MIND features from the intensities (synthetic "
-                             "and images settings); its weights ship with the model")
+                        help="add a compact CNN that refines the features (MIND from the intensities, or each "
+                             "distance map); its weights ship with the model")
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
     options = parser.add_argument_group("training options (default: see learngn.training.TrainConfig)")
     choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),

@@ -44,7 +44,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     schedule: str = "constant"                   # constant | cosine (decays the learning rate to 0 at the last step)
     trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features
-    feature_net: bool = False                    # add a feature network to MIND (synthetic and images settings)
+    feature_net: bool = False                    # add a feature network that refines the features (MIND or distance maps)
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
     loss: str = "dice"                           # dice | ce
     smoothness_weight: float = 0.1
@@ -69,8 +69,6 @@ class TrainConfig:
             raise InputError(f"unknown training setting {self.setting!r}; choose from {', '.join(SETTINGS)}")
         if self.trainable not in TRAINABLE:
             raise InputError(f"unknown trainable part {self.trainable!r}; use {', '.join(TRAINABLE)}")
-        if self.feature_net and self.setting == "sdm":
-            raise InputError("the feature network refines MIND features; use it with --setting synthetic or images")
         if self.trainable == "features" and not self.feature_net:
             raise InputError("--trainable features needs the feature network: add --feature-net")
         if self.optimizer not in ("nsgd", "adam"):

@@ -147,7 +147,7 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
 def model_features(model: Optional[torch.nn.Module], case: CaseTensors) -> torch.Tensor:
     """The features Gauss-Newton sees: MIND through the model's feature network where it has one."""
     network = getattr(model, "features", None)
-    return case.features if network is None or case.intensity is None else network(case.intensity, case.features)
+    return case.features if network is None else network.refine(case.features, case.intensity)
 
 
 class TrainingSample(NamedTuple):
@@ -322,7 +322,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = GaussNewtonPredictors(feature_net=config.feature_net)
+    model = GaussNewtonPredictors(feature_net=config.features[0] if config.feature_net else None)
     optimiser = make_optimiser(config, model)
     log: List[Dict[str, float]] = []
     first_step = 0
