@@ -122,8 +122,8 @@ def _check_inputs(fixed, moving, fixed_mask, moving_mask, fixed_segmentation, mo
 def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: sitk.Image,
               transform: Optional[sitk.Transform], inputs: _Inputs, settings: RegistrationSettings,
               device: torch.device, model: Optional[GaussNewtonPredictors]) -> torch.Tensor:
-    """The feature channels of one image on the working grid (the moving one through ``transform``); MIND
-    goes through the learned model's feature network where it has one."""
+    """The feature channels of one image on the working grid (the moving one through ``transform``); MIND or
+    the distance maps go through the learned model's feature network where it has one of that kind."""
     channels = []
     intensity = to_tensor(resample(normalised, grid, transform), device)
     if "intensity" in settings.features:

@@ -145,7 +145,7 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
 
 
 def model_features(model: Optional[torch.nn.Module], case: CaseTensors) -> torch.Tensor:
-    """The features Gauss-Newton sees: MIND through the model's feature network where it has one."""
+    """The features Gauss-Newton sees: through the model's feature network where it has one."""
     network = getattr(model, "features", None)
     return case.features if network is None else network.refine(case.features, case.intensity)
 
