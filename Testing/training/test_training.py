@@ -173,6 +173,19 @@ def test_distance_map_feature_network_trains(tiny_labels, tmp_path):
     assert trained["features.out.weight"].abs().max() > 0
 
 
+def test_init_weights_adds_a_feature_network_to_trained_predictors(tiny_labels, tmp_path):
+    first = train(tiny_config(tiny_labels, tmp_path / "first", setting="synthetic", trainable="residual",
+                              steps=2, val_pairs=0), progress=False)
+    second = train(tiny_config(tiny_labels, tmp_path / "second", setting="synthetic", feature_net=True,
+                               trainable="features", optimizer="adam", steps=2, val_pairs=0,
+                               init_weights=str(first.weights)), progress=False)
+    before, after = state_of(first.weights), state_of(second.weights)
+    assert all(torch.equal(before[k], after[k]) for k in before), "the predictors must stay as trained"
+    assert after["features.out.weight"].abs().max() > 0
+    with pytest.raises(learngn.InputError, match="does not fit"):
+        train(tiny_config(tiny_labels, tmp_path / "third", init_weights=str(second.weights)), progress=False)
+
+
 def test_feature_network_options_are_checked():
     with pytest.raises(learngn.InputError, match="add --feature-net"):
         TrainConfig(output="x", labels_dir="y", setting="synthetic", trainable="features")

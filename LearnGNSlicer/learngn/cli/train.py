@@ -58,6 +58,8 @@ _OPTIONS = {
     "--val-pairs": ("val_pairs", int, "validation pairs scored during training (0: none)"),
     "--checkpoint-every": ("checkpoint_every", int, "write checkpoint.pt every N steps"),
     "--max-cases": ("max_cases", int, "use only the first N training cases (quick trials)"),
+    "--init-weights": ("init_weights", str, "start from the weights of an earlier run (its model.pt), e.g. to "
+                                            "add a feature network to trained predictors"),
 }
 
 

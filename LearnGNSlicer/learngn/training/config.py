@@ -63,6 +63,7 @@ class TrainConfig:
     val_pairs: int = 2                           # validation pairs scored during training (0 = none)
     checkpoint_every: int = 10
     max_cases: Optional[int] = None              # use only the first N training cases (tests)
+    init_weights: Optional[str] = None           # start from these weights (a model.pt) instead of classic GN
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:

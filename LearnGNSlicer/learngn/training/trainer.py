@@ -246,6 +246,20 @@ def trained_parameters(config: TrainConfig, model: torch.nn.Module) -> List[torc
     return list(part.parameters())
 
 
+def start_from(model: GaussNewtonPredictors, weights: Path) -> None:
+    """Load an earlier run's weights into ``model``; parts the file lacks (a new feature network) keep their
+    classic-GN initialisation."""
+    from ..models import load_predictors_file
+
+    state = load_predictors_file(weights).state_dict()
+    own = model.state_dict()
+    foreign = sorted(k for k in state if k not in own or own[k].shape != state[k].shape)
+    if foreign:
+        raise InputError(f"--init-weights {weights} does not fit this model ({', '.join(foreign)}); "
+                         "use the weights of a run with the same setting")
+    model.load_state_dict(state, strict=False)
+
+
 def make_optimiser(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     parameters = trained_parameters(config, model)
     if config.optimizer == "adam":
@@ -323,6 +337,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = GaussNewtonPredictors(feature_net=config.features[0] if config.feature_net else None)
+    if config.init_weights:
+        start_from(model, Path(config.init_weights))
     optimiser = make_optimiser(config, model)
     log: List[Dict[str, float]] = []
     first_step = 0
