@@ -147,6 +147,13 @@ class FeatureNet(nn.Module):
         return features + self._correction(intensity)
 
 
+def refined(model: Optional["GaussNewtonPredictors"], kind: str, features: torch.Tensor,
+            intensity: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``features`` of ``kind`` (mind, sdm) through the model's feature network if it has one of that kind."""
+    network = model.features if model is not None else None
+    return network.refine(features, intensity) if network is not None and network.kind == kind else features
+
+
 def feature_net_kind(state: Dict[str, torch.Tensor]) -> Optional[str]:
     """The kind of feature network a saved state dict holds (None: no feature network)."""
     out = state.get("features.out.weight")

@@ -17,12 +17,12 @@ import torch
 from . import __version__
 from .device import default_working_voxels, describe, is_out_of_memory, resolve_device
 from .errors import InputError
-from .features import intensity_window, mind_ssc, normalise_intensity, signed_distance_maps, union_labels
+from .features import intensity_window, mind_ssc, signed_distance_maps, union_labels
 from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
 from .geometry import (compose_to_field, displacement_transform, resample, to_tensor, voxel_field_to_image,
                        working_grid, working_spacing)
 from .models import load_model
-from .predictors import GaussNewtonPredictors
+from .predictors import GaussNewtonPredictors, refined
 from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
 from .quality import jacobian_statistics, mean_dice, normalised_cross_correlation
@@ -128,16 +128,14 @@ def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: 
     intensity = to_tensor(resample(normalised, grid, transform), device)
     if "intensity" in settings.features:
         channels.append(intensity)
-    network = model.features if model is not None else None
     if "mind" in settings.features:
-        mind = mind_ssc(intensity, dilation=settings.mind_dilation)
-        channels.append(network.refine(mind, intensity) if network is not None and network.kind == "mind" else mind)
+        channels.append(refined(model, "mind", mind_ssc(intensity, dilation=settings.mind_dilation), intensity))
     if "sdm" in settings.features:
         labels = sitk.GetArrayFromImage(resample(segmentation, grid, transform, sitk.sitkNearestNeighbor,
                                                  pixel_type=sitk.sitkInt32))
         sdm = torch.from_numpy(signed_distance_maps(labels, inputs.labels, grid.GetSpacing()[0],
                                                     settings.sdm_clip_mm)).to(device)[None]
-        channels.append(network.refine(sdm) if network is not None and network.kind == "sdm" else sdm)
+        channels.append(refined(model, "sdm", sdm))
     return torch.cat(channels, dim=1)
 
 

@@ -71,9 +71,13 @@ def test_the_installed_package_carries_the_shipped_models():
     dist = found[0]
     if json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"):
         pytest.skip("learngn is installed in editable mode: it reads the models from the checkout")
-    shipped = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "Resources" / "Models").iterdir()
-                     if p.suffix in (".json", ".pt"))
+    root = Path(__file__).resolve().parents[2]
+    shipped = [f"learngn/_models/{p.name}" for p in sorted((root / "Resources" / "Models").iterdir())
+               if p.suffix in (".json", ".pt")]
+    # pyproject.toml lists the packages by hand: a new subpackage must not be left out either
+    source = root / "LearnGNSlicer"
+    modules = [p.relative_to(source).as_posix() for p in sorted((source / "learngn").rglob("*.py"))]
     installed = {Path(str(f)).as_posix() for f in dist.files or []}
-    assert shipped and all(f"learngn/_models/{name}" in installed for name in shipped), \
-        f"missing from the installed package: {[n for n in shipped if f'learngn/_models/{n}' not in installed]}"
+    missing = [name for name in shipped + modules if name not in installed]
+    assert shipped and modules and not missing, f"missing from the installed package: {missing}"
 

@@ -190,6 +190,16 @@ def register_cases(model: Optional[torch.nn.Module], config_gn: GaussNewtonConfi
     return gauss_newton(model_features(model, fixed), model_features(model, moving), config_gn, predictors=model)
 
 
+def score_pair(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.Module], fixed: CaseData,
+               moving: CaseData) -> Tuple[float, torch.Tensor]:
+    """Dice on the working grid and displacement of one whole-volume pair (no augmentation)."""
+    channels = _channels_present(fixed, moving, data.label_values)
+    fixed_case = case_tensors(config, data, fixed, None, None, channels)
+    moving_case = case_tensors(config, data, moving, None, None, channels)
+    displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
+    return hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)), displacement
+
+
 def sample_loss(config: TrainConfig, model: torch.nn.Module, config_gn: GaussNewtonConfig, sample_: TrainingSample
                 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Label loss of the warped moving labels plus the weighted smoothness of the displacement."""
@@ -225,12 +235,7 @@ def validate(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.M
     scores = []
     with torch.no_grad():
         for pair in data.validation_pairs:
-            fixed, moving = data.validation[pair.fixed], data.validation[pair.moving]
-            channels = _channels_present(fixed, moving, data.label_values)
-            fixed_case = case_tensors(config, data, fixed, None, None, channels)
-            moving_case = case_tensors(config, data, moving, None, None, channels)
-            displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
-            scores.append(hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)))
+            scores.append(score_pair(config, data, model, data.validation[pair.fixed], data.validation[pair.moving])[0])
     return float(np.mean(scores))
 
 

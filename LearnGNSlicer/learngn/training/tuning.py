@@ -21,7 +21,8 @@ from ..geometry import voxel_field_to_image
 from ..quality import jacobian_statistics
 from .config import TrainConfig
 from .progressbar import ProgressBar
-from .trainer import PreparedData, _channels_present, case_tensors, gn_config, hard_dice, prepare_data, register_cases
+from .trainer import (PreparedData, _channels_present, case_tensors, gn_config, hard_dice, prepare_data,
+                      register_cases, score_pair)
 
 
 @dataclass
@@ -90,11 +91,8 @@ def score_on_training_pairs(config: TrainConfig, model: Optional[torch.nn.Module
     dices, folds = [], []
     with torch.no_grad():
         for i, j in tuning_pairs(len(data.training), n_pairs, config.seed):
-            fixed, moving = data.training[i], data.training[j]
-            channels = _channels_present(fixed, moving, data.label_values)
-            fixed_case = case_tensors(config, data, fixed, None, None, channels)
-            moving_case = case_tensors(config, data, moving, None, None, channels)
-            displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
-            dices.append(hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)))
-            folds.append(jacobian_statistics(voxel_field_to_image(displacement, fixed.grid))["negative_jacobian_percent"])
+            dice, displacement = score_pair(config, data, model, data.training[i], data.training[j])
+            dices.append(dice)
+            folds.append(jacobian_statistics(voxel_field_to_image(displacement, data.training[i].grid))
+                         ["negative_jacobian_percent"])
     return {"dice": float(np.mean(dices)), "negative_jacobian_percent": float(np.mean(folds))}
