@@ -12,6 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .sampling import field_image, transform_field
+
 
 def working_spacing(fixed: sitk.Image, max_voxels: int, requested: Optional[float] = None) -> float:
     """The requested spacing, else the finest isotropic spacing (not finer than the scan) within budget."""
@@ -40,21 +42,16 @@ def resample(image: sitk.Image, reference: sitk.Image, transform: Optional[sitk.
     return sitk.Resample(image, reference, transform or sitk.Transform(), interpolator, default_value, pixel_type)
 
 
-def to_tensor(image: sitk.Image, device: torch.device) -> torch.Tensor:
-    """A scalar image as a float32 tensor ``(1, 1, z, y, x)``."""
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    return torch.from_numpy(array).to(device)[None, None]
+def voxel_field_to_physical(displacement: torch.Tensor, reference: sitk.Image) -> torch.Tensor:
+    """A displacement in voxels of ``reference`` ``(1, 3, z, y, x)`` as LPS millimetres ``(z, y, x, 3)``."""
+    voxels_xyz = displacement[0].flip(0).permute(1, 2, 3, 0)
+    matrix = np.array(reference.GetDirection()).reshape(3, 3) @ np.diag(reference.GetSpacing())
+    return voxels_xyz @ torch.as_tensor(matrix.T, dtype=displacement.dtype, device=displacement.device)
 
 
 def voxel_field_to_image(displacement: torch.Tensor, reference: sitk.Image) -> sitk.Image:
     """A displacement in working voxels ``(1, 3, z, y, x)`` as an LPS millimetre field on ``reference``."""
-    voxels_xyz = displacement[0].detach().flip(0).permute(1, 2, 3, 0).double().cpu().numpy()
-    direction = np.array(reference.GetDirection()).reshape(3, 3)
-    scaled = voxels_xyz * np.array(reference.GetSpacing())
-    physical = scaled @ direction.T
-    image = sitk.GetImageFromArray(physical, isVector=True)
-    image.CopyInformation(reference)
-    return image
+    return field_image(voxel_field_to_physical(displacement.detach().double(), reference), reference)
 
 
 def image_field_to_voxels(field: sitk.Image, device: torch.device) -> torch.Tensor:
@@ -71,10 +68,7 @@ def compose_to_field(transforms: list, reference: sitk.Image) -> sitk.Image:
     for transform in transforms:
         if transform is not None:
             composite.AddTransform(transform)
-    field = sitk.TransformToDisplacementField(
-        composite, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(),
-        reference.GetSpacing(), reference.GetDirection())
-    return field
+    return transform_field(composite, reference)
 
 
 def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform:

@@ -19,13 +19,13 @@ from .device import default_working_voxels, describe, is_out_of_memory, resolve_
 from .errors import InputError
 from .features import intensity_window, mind_ssc, signed_distance_maps, union_labels
 from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
-from .geometry import (compose_to_field, displacement_transform, resample, to_tensor, voxel_field_to_image,
-                       working_grid, working_spacing)
+from .geometry import displacement_transform, working_grid, working_spacing
 from .models import load_model
 from .predictors import GaussNewtonPredictors, refined
+from .output import compose_on_device, output_images, quality_figures
 from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
-from .quality import jacobian_statistics, mean_dice, normalised_cross_correlation
+from .sampling import resample_on_device
 from .settings import RegistrationSettings, get_preset
 from .solver import SolverOptions, resolve_backend
 from .validation import check_image, check_label_image
@@ -125,14 +125,13 @@ def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: 
     """The feature channels of one image on the working grid (the moving one through ``transform``); MIND or
     the distance maps go through the learned model's feature network where it has one of that kind."""
     channels = []
-    intensity = to_tensor(resample(normalised, grid, transform), device)
+    intensity = resample_on_device(normalised, grid, transform, device)
     if "intensity" in settings.features:
         channels.append(intensity)
     if "mind" in settings.features:
         channels.append(refined(model, "mind", mind_ssc(intensity, dilation=settings.mind_dilation), intensity))
     if "sdm" in settings.features:
-        labels = sitk.GetArrayFromImage(resample(segmentation, grid, transform, sitk.sitkNearestNeighbor,
-                                                 pixel_type=sitk.sitkInt32))
+        labels = resample_on_device(segmentation, grid, transform, device, nearest=True)[0, 0].round().cpu().numpy()
         sdm = torch.from_numpy(signed_distance_maps(labels, inputs.labels, grid.GetSpacing()[0],
                                                     settings.sdm_clip_mm)).to(device)[None]
         channels.append(refined(model, "sdm", sdm))
@@ -145,7 +144,7 @@ def _weight(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transfor
     weight = None
     for mask, mask_transform in ((inputs.fixed_mask, None), (inputs.moving_mask, transform)):
         if mask is not None:
-            m = to_tensor(resample(mask, grid, mask_transform, sitk.sitkNearestNeighbor), device)
+            m = resample_on_device(mask, grid, mask_transform, device, nearest=True)
             weight = m if weight is None else weight * m
     return weight
 
@@ -162,8 +161,9 @@ def _gauss_newton_config(settings: RegistrationSettings, device: torch.device) -
 
 def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform],
                 settings: RegistrationSettings, device: torch.device,
-                tracker: ProgressTracker) -> Tuple[sitk.Image, Dict[str, float]]:
-    """Features and Gauss-Newton on ``device``; returns the working-grid field (mm) and feature residuals."""
+                tracker: ProgressTracker) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Features and Gauss-Newton on ``device``; returns the working-grid displacement (voxels) and the
+    feature residuals."""
     tracker.start("features", f"computing {', '.join(settings.features)} features on {device}")
     predictors = load_model(settings.model).to(device) if settings.model else None
     if predictors is not None and predictors.features is not None and predictors.features.kind not in settings.features:
@@ -193,7 +193,7 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
             "feature_residual_prealigned": _mean_squared(fixed_features - moving_features, weight),
             "feature_residual_after": _mean_squared(fixed_features - warp(moving_features, displacement), weight),
         }
-    return voxel_field_to_image(displacement, grid), residual
+    return displacement, residual
 
 
 def _mean_squared(difference: torch.Tensor, weight: Optional[torch.Tensor]) -> float:
@@ -206,35 +206,25 @@ def _mean_squared(difference: torch.Tensor, weight: Optional[torch.Tensor]) -> f
 def _check_overlap(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform]) -> None:
     ones = sitk.Image(inputs.moving.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(inputs.moving)
-    coverage = sitk.GetArrayFromImage(resample(ones, grid, transform, sitk.sitkNearestNeighbor,
-                                                   pixel_type=sitk.sitkUInt8)).mean()
+    coverage = float(resample_on_device(ones, grid, transform, torch.device("cpu"), nearest=True).mean())
     if coverage < MIN_OVERLAP:
         raise InputError(f"after pre-alignment the moving image covers only {100 * coverage:.1f}% of the fixed "
                          "image: the images do not overlap. Check their origins and orientations, give an "
                          "initial transform, or enable pre-alignment (prealign='affine' or 'com')")
 
 
-def _metrics(inputs: _Inputs, field: sitk.Image, warped: sitk.Image, transform: Optional[sitk.Transform]) -> Dict[str, float]:
-    fixed = sitk.GetArrayViewFromImage(inputs.fixed)
-    mask = sitk.GetArrayViewFromImage(inputs.fixed_mask) > 0 if inputs.fixed_mask is not None else None
-    before = sitk.GetArrayFromImage(resample(inputs.moving, inputs.fixed, None, default_value=float("nan")))
-    prealigned = sitk.GetArrayFromImage(resample(inputs.moving, inputs.fixed, transform, default_value=float("nan")))
-    after = sitk.GetArrayViewFromImage(warped)
-
-    def ncc(moved: np.ndarray) -> float:
-        valid = np.isfinite(moved) if mask is None else np.isfinite(moved) & mask
-        return normalised_cross_correlation(fixed, np.nan_to_num(moved), valid) if valid.any() else float("nan")
-
-    metrics = {"ncc_before": ncc(before), "ncc_prealigned": ncc(prealigned), "ncc_after": ncc(after)}
-    metrics.update(jacobian_statistics(field, mask))
-    if inputs.fixed_segmentation is not None and inputs.moving_segmentation is not None:
-        fixed_labels = sitk.GetArrayViewFromImage(inputs.fixed_segmentation)
-        for key, moved_transform in (("before", None), ("after", displacement_transform(field))):
-            moved = sitk.GetArrayFromImage(resample(inputs.moving_segmentation, inputs.fixed, moved_transform,
-                                                        sitk.sitkNearestNeighbor, pixel_type=sitk.sitkInt32))
-            metrics[f"dice_{key}"] = mean_dice(fixed_labels, moved, inputs.labels)
-    metrics["similarity_before"], metrics["similarity_after"] = metrics["ncc_before"], metrics["ncc_after"]
-    return metrics
+def _falling_back_to_cpu(run: Callable[[torch.device], Any], device: torch.device, what: str
+                         ) -> Tuple[Any, torch.device]:
+    """``run(device)``, and ``run(cpu)`` with a warning when the GPU runs out of memory."""
+    try:
+        return run(device), device
+    except Exception as error:
+        if device.type != "cuda" or not is_out_of_memory(error):
+            raise
+    warnings.warn(f"the GPU ran out of memory in the {what}; running it again on the CPU", RuntimeWarning)
+    torch.cuda.empty_cache()
+    cpu = torch.device("cpu")
+    return run(cpu), cpu
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", device: str = "auto",
@@ -260,21 +250,18 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         budget = settings.max_working_voxels or default_working_voxels(torch_device)
         grid = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))
         _check_overlap(inputs, grid, transform)
-        try:
-            working_field, residuals = _deformable(inputs, grid, transform, settings, torch_device, tracker)
-        except Exception as error:
-            if torch_device.type != "cuda" or not is_out_of_memory(error):
-                raise
-            warnings.warn(f"the GPU ran out of memory ({error}); running again on the CPU", RuntimeWarning)
-            torch.cuda.empty_cache()
-            torch_device = torch.device("cpu")
-            working_field, residuals = _deformable(inputs, grid, transform, settings, torch_device, tracker)
-        tracker.start("output", "composing the displacement field and warping")
-        field = compose_to_field([transform, displacement_transform(working_field)], fixed)
-        low = float(sitk.GetArrayViewFromImage(moving).min())
-        warped = resample(moving, fixed, displacement_transform(field), default_value=low)
-        tracker.update(0.5, "quality figures")
-        metrics = _metrics(inputs, field, warped, transform)
+        (displacement, residuals), torch_device = _falling_back_to_cpu(
+            lambda on: _deformable(inputs, grid, transform, settings, on, tracker), torch_device, "registration")
+
+        def output_stage(on: torch.device) -> Tuple[Any, Dict[str, float]]:
+            tracker.start("output", f"composing the displacement field and warping on {on}")
+            composed = compose_on_device(transform, displacement.to(on), grid, fixed)
+            images = output_images(fixed, moving, composed)
+            tracker.update(0.5, "quality figures")
+            return images, quality_figures(fixed, moving, composed, images.warped, transform, inputs.fixed_mask,
+                                           inputs.fixed_segmentation, inputs.moving_segmentation, inputs.labels)
+
+        (images, metrics), _ = _falling_back_to_cpu(output_stage, torch_device, "output stage")
         metrics.update(residuals)
         metrics["working_spacing_mm"] = float(grid.GetSpacing()[0])
         tracker.finish()
@@ -282,6 +269,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     timings = dict(tracker.timings)
     timings["total"] = sum(timings.values())
-    return RegistrationResult(displacement=field, warped=warped, prealignment=transform, metrics=metrics,
+    return RegistrationResult(displacement=images.displacement, warped=images.warped, prealignment=transform, metrics=metrics,
                               timings=timings, device=describe(torch_device), preset=preset, settings=settings,
                               warnings=[str(w.message) for w in caught])

@@ -132,7 +132,9 @@ def test_warped_is_the_moving_image_resampled_through_the_field(phantom_registra
     result = phantom_registration.result
     expected = sitk.Resample(moving, fixed, result.transform(), sitk.sitkLinear,
                              float(sitk.GetArrayViewFromImage(moving).min()), sitk.sitkFloat32)
-    assert np.allclose(sitk.GetArrayFromImage(result.warped), sitk.GetArrayFromImage(expected), atol=1e-3)
+    # the engine warps in float32 on its device: float rounding of the sample positions, not more
+    tolerance = 1e-5 * float(np.ptp(sitk.GetArrayViewFromImage(moving)))
+    assert np.allclose(sitk.GetArrayFromImage(result.warped), sitk.GetArrayFromImage(expected), atol=tolerance)
 
 
 def test_metrics(phantom_registration):
