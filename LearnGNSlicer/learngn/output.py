@@ -15,8 +15,8 @@ import torch
 
 from .geometry import compose_to_field, displacement_transform, voxel_field_to_image, voxel_field_to_physical
 from .quality import determinant_statistics, field_jacobian_determinant, mean_dice, normalised_cross_correlation
-from .sampling import (field_image, field_tensor, image_tensor, linear_matrix, resample_on_device, sample_at,
-                       scalar_image, voxel_points)
+from .sampling import (field_image, field_tensor, image_tensor, linear_matrix, resample_on_device,
+                       resamples_with_torch, sample_at, scalar_image, voxel_points)
 
 
 @dataclass
@@ -28,15 +28,15 @@ class OutputImages:
 
 
 def compose_on_device(prealignment: Optional[sitk.Transform], working_displacement: torch.Tensor,
-                      grid: sitk.Image, fixed: sitk.Image) -> torch.Tensor:
+                      grid: sitk.Image, fixed: sitk.Image, with_torch: Optional[bool] = None) -> torch.Tensor:
     """The field ``x -> prealignment(x + u(x)) - x`` on every fixed voxel, ``(z, y, x, 3)`` LPS mm.
 
     ``u`` is the deformable stage's displacement in working-grid voxels ``(1, 3, z, y, x)``.  A linear
     pre-alignment is applied as a matrix on the device; any other (a dense initial transform) is composed
-    by SimpleITK, as :func:`learngn.geometry.compose_to_field` always did.
+    by SimpleITK, as :func:`learngn.geometry.compose_to_field` always did (and so is everything on a CPU).
     """
     matrix = linear_matrix(prealignment)
-    if matrix is None:
+    if matrix is None or not resamples_with_torch(working_displacement.device, with_torch):
         composed = compose_to_field([prealignment, displacement_transform(
             voxel_field_to_image(working_displacement, grid))], fixed)
         return field_tensor(composed, working_displacement.device)
@@ -50,8 +50,11 @@ def compose_on_device(prealignment: Optional[sitk.Transform], working_displaceme
 
 
 def warp_moving(moving: sitk.Image, fixed: sitk.Image, field: torch.Tensor, *, nearest: bool = False,
-                default_value: float = 0.0) -> torch.Tensor:
+                default_value: float = 0.0, with_torch: Optional[bool] = None) -> torch.Tensor:
     """``moving`` at ``x + field(x)`` for every fixed voxel ``x``: ``(1, 1, z, y, x)``."""
+    if not resamples_with_torch(field.device, with_torch):
+        return resample_on_device(moving, fixed, displacement_transform(field_image(field, fixed)), field.device,
+                                  nearest=nearest, default_value=default_value, with_torch=False)
     points = voxel_points(fixed, field.device).add_(field)
     return sample_at(image_tensor(moving, field.device), moving, points, nearest=nearest,
                      default_value=default_value)

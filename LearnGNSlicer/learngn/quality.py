@@ -52,11 +52,16 @@ def jacobian_statistics(field: sitk.Image, mask: Optional[np.ndarray] = None) ->
 
 
 def normalised_cross_correlation(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = None) -> float:
-    """Pearson correlation of two volumes (inside ``mask``), accumulated in float64."""
-    if mask is not None:
-        a, b = a[mask], b[mask]
-    a = a.double() - a.double().mean()
-    b = b.double() - b.double().mean()
+    """Pearson correlation of two finite volumes (inside ``mask``), accumulated in float64.
+
+    The mask weights the sums rather than indexing the volumes: on a CPU, boolean indexing of a full scan
+    made this the slowest part of the output stage.
+    """
+    weight = torch.ones_like(a, dtype=torch.float64) if mask is None else mask.double()
+    total = weight.sum().clamp_min(1.0)
+    a, b = a.double(), b.double()
+    a = (a - (a * weight).sum() / total) * weight
+    b = (b - (b * weight).sum() / total) * weight
     denominator = ((a * a).sum() * (b * b).sum()).sqrt()
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 

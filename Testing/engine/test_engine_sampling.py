@@ -1,5 +1,6 @@
-"""The torch resampling of the output stage against SimpleITK's, which it replaces: same points, same
-edge rules, same composition order, on oblique anisotropic grids where axis-order bugs show."""
+"""The torch resampling (what a GPU registration uses) against SimpleITK's (what a CPU one uses): same
+points, same edge rules, same composition order, on oblique anisotropic grids where axis-order bugs show.
+These tests force the torch path on the CPU, so it is checked on every machine."""
 from __future__ import annotations
 
 import numpy as np
@@ -74,7 +75,8 @@ def test_resample_on_device_agrees_with_simpleitk(transform_kind, nearest):
                  "dense": sitk.CompositeTransform([an_affine(), a_dense_transform(reference)])}[transform_kind]
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     expected = sitk_resample(moving, reference, transform, interpolator)
-    ours = resample_on_device(moving, reference, transform, CPU, nearest=nearest, default_value=-1000.0)
+    ours = resample_on_device(moving, reference, transform, CPU, nearest=nearest, default_value=-1000.0,
+                              with_torch=True)
     outside = expected == -1000.0
     assert 0.05 < outside.mean() < 0.95, "the test must cover points inside and outside the moving image"
     assert np.allclose(ours[0, 0].numpy(), expected, atol=1e-3)
@@ -90,7 +92,7 @@ def test_compose_on_device_applies_the_field_then_the_prealignment():
     for prealignment in (an_affine(), sitk.CompositeTransform([an_affine(), a_dense_transform(fixed)]), None):
         expected = sitk.GetArrayFromImage(compose_to_field(
             [prealignment, displacement_transform(voxel_field_to_image(working, grid))], fixed))
-        ours = compose_on_device(prealignment, working, grid, fixed).numpy()
+        ours = compose_on_device(prealignment, working, grid, fixed, with_torch=True).numpy()
         assert np.abs(expected).max() > 1.0
         assert np.allclose(ours, expected, atol=1e-3), type(prealignment).__name__
 
@@ -99,7 +101,7 @@ def test_warp_moving_agrees_with_simpleitk_through_a_field():
     moving, fixed = moving_image(seed=5), fixed_grid()
     field = field_tensor(compose_to_field([an_affine(), a_dense_transform(fixed)], fixed), CPU)
     expected = sitk_resample(moving, fixed, displacement_transform(field_image(field, fixed)))
-    ours = warp_moving(moving, fixed, field, default_value=-1000.0)
+    ours = warp_moving(moving, fixed, field, default_value=-1000.0, with_torch=True)
     assert np.allclose(sitk.GetArrayFromImage(scalar_image(ours, fixed)), expected, atol=1e-3)
 
 
