@@ -1,4 +1,4 @@
-"""Pre-alignment before the deformable stage: centre of mass, then an affine fit with SimpleITK.
+"""Pre-alignment before the deformable stage: centre of mass, then an affine fit (learngn.affine).
 
 Returns a transform mapping fixed points to moving points (ITK's resampling sense) that already
 includes the caller's initial transform, so later stages only see one transform.
@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+
+from .affine import PYRAMID_SPACINGS_MM, fit
+from .sampling import linear_matrix
 
 LOGGER = logging.getLogger(__name__)
 
 #: An affine whose determinant leaves this range is a failed fit rather than anatomy.
 PLAUSIBLE_DETERMINANT = (0.5, 2.0)
-#: Fixed seed of the metric's sample positions: the same inputs always give the same alignment.
-SAMPLING_SEED = 20220706
 #: Relative metric gain below which the affine fit is not worth its risk (identical images, say).
 MIN_IMPROVEMENT = 0.01
 
@@ -58,63 +60,45 @@ def centre_translation(fixed_weights: sitk.Image, moving_weights: sitk.Image,
     return transform
 
 
-#: Voxel sizes (mm) of the affine pyramid's levels: twelve parameters need no finer detail than 4 mm, and
-#: a 2 mm level made the fit five times slower on a 192x160x256 CT (docs/BENCHMARKS.md).
-PYRAMID_SPACINGS_MM = (16.0, 8.0, 4.0)
-
-
-def pyramid_shrink_factors(image: sitk.Image) -> List[int]:
-    """Whole-voxel shrink factors that bring ``image`` near each pyramid spacing, coarse to fine."""
-    finest = min(image.GetSpacing())
-    factors: List[int] = []
-    for spacing in PYRAMID_SPACINGS_MM:
-        factor = max(1, int(round(spacing / finest)))
-        if not factors or factor < factors[-1]:
-            factors.append(factor)
-    return factors
-
-
 def fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform,
                initial: Optional[sitk.Transform], fixed_mask: Optional[sitk.Image],
-               moving_mask: Optional[sitk.Image], should_stop: Optional[Callable[[], bool]] = None
-               ) -> sitk.AffineTransform:
-    """Mattes mutual information affine fit on a 16/8/4 mm pyramid (modality independent), seeded sampling.
+               moving_mask: Optional[sitk.Image], device: torch.device,
+               should_stop: Optional[Callable[[], bool]] = None) -> sitk.AffineTransform:
+    """The Gauss-Newton MIND affine (learngn.affine) from ``start``, or ``start`` where it gains nothing.
 
-    ``should_stop`` is asked at every optimiser iteration; when it says yes the fit stops at once (the
-    caller then raises its cancellation), so a cancel does not wait for the whole pyramid.
+    A dense ``initial`` transform is applied by resampling the moving image through it once, onto a grid
+    in the fixed image's space with a margin, so that the fit itself only ever sees linear transforms; where
+    that grid falls outside the moving image is masked out, as points outside it are in the linear case.
     """
-    method = sitk.ImageRegistrationMethod()
-    if should_stop is not None:
-        method.AddCommand(sitk.sitkIterationEvent, lambda: method.StopRegistration() if should_stop() else None)
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.REGULAR)
-    method.SetMetricSamplingPercentage(0.25, SAMPLING_SEED)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.001, numberOfIterations=200,
-                                                    relaxationFactor=0.8, gradientMagnitudeTolerance=1e-8)
-    method.SetOptimizerScalesFromPhysicalShift()
-    shrink = pyramid_shrink_factors(fixed)
-    method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel([factor / 2.0 if factor > 1 else 0.0 for factor in shrink])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    if fixed_mask is not None:
-        method.SetMetricFixedMask(fixed_mask)
-    if moving_mask is not None:
-        method.SetMetricMovingMask(moving_mask)
-    if initial is not None:
-        method.SetMovingInitialTransform(initial)
-    fixed, moving = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
-    method.SetInitialTransform(sitk.AffineTransform(start))
-    start_value = method.MetricEvaluate(fixed, moving)
-    affine = sitk.AffineTransform(start)
-    method.SetInitialTransform(affine, inPlace=True)
-    method.Execute(fixed, moving)
-    end_value = method.MetricEvaluate(fixed, moving)
-    LOGGER.info("affine: metric %.4f -> %.4f after %d iterations (%s)", start_value, end_value,
-                method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription())
-    # Keep the start where the fit does not improve the full-resolution metric (identical images, say):
-    # the pyramid's optimum can wander by a fraction of a voxel without being better.
-    return affine if end_value < start_value - MIN_IMPROVEMENT * abs(start_value) else sitk.AffineTransform(start)
+    initial_matrix = linear_matrix(initial)
+    if initial_matrix is None:
+        covered = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+        covered.CopyInformation(moving)
+        if moving_mask is not None:
+            covered = covered * sitk.Cast(moving_mask > 0, sitk.sitkUInt8)
+        moving, moving_mask = _through(initial, moving, fixed), _through(initial, covered, fixed)
+        initial_matrix = np.eye(4)
+    affine, start_cost, end_cost = fit(fixed, moving, start, initial_matrix, device, fixed_mask=fixed_mask,
+                                       moving_mask=moving_mask, should_stop=should_stop)
+    LOGGER.info("affine: MIND cost %.5f -> %.5f", start_cost, end_cost)
+    # Keep the start where the fit does not clearly improve the cost (identical images, say): the optimum
+    # can wander by a fraction of a voxel without being better.
+    return affine if end_cost < start_cost - MIN_IMPROVEMENT * abs(start_cost) else sitk.AffineTransform(start)
+
+
+#: Margin (share of the fixed extent on each side) of the grid that a dense initial transform is applied on.
+DENSE_INITIAL_MARGIN = 0.25
+
+
+def _through(transform: sitk.Transform, image: sitk.Image, fixed: sitk.Image) -> sitk.Image:
+    """``image`` seen through ``transform``, on the fixed grid grown by the margin on every side."""
+    pad = [int(np.ceil(DENSE_INITIAL_MARGIN * n)) for n in fixed.GetSize()]
+    grid = sitk.Image([n + 2 * p for n, p in zip(fixed.GetSize(), pad)], sitk.sitkUInt8)
+    grid.SetSpacing(fixed.GetSpacing())
+    grid.SetDirection(fixed.GetDirection())
+    grid.SetOrigin(fixed.TransformContinuousIndexToPhysicalPoint([-float(p) for p in pad]))
+    interpolator = sitk.sitkNearestNeighbor if image.GetPixelID() == sitk.sitkUInt8 else sitk.sitkLinear
+    return sitk.Resample(image, grid, transform, interpolator, 0.0, image.GetPixelID())
 
 
 def block_average(image: sitk.Image, mask: Optional[sitk.Image] = None,
@@ -135,7 +119,8 @@ def block_average(image: sitk.Image, mask: Optional[sitk.Image] = None,
 
 def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str, *, initial: Optional[sitk.Transform] = None,
              fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
-             should_stop: Optional[Callable[[], bool]] = None) -> Optional[sitk.Transform]:
+             should_stop: Optional[Callable[[], bool]] = None, device: torch.device = torch.device("cpu")
+             ) -> Optional[sitk.Transform]:
     """Fixed-to-moving transform after pre-alignment (``mode``: affine, com or none), ``initial`` included.
 
     ``fixed`` and ``moving`` are non-negative images (normalised intensities), whose mass locates the
@@ -150,7 +135,7 @@ def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str, *, initial: Optio
     start = centre_translation(fixed_weights, moving_weights, initial)
     if mode == "com":
         return _with_initial(initial, start)
-    affine = fit_affine(fixed, moving, start, initial, fixed_mask, moving_mask, should_stop)
+    affine = fit_affine(fixed, moving, start, initial, fixed_mask, moving_mask, device, should_stop)
     if should_stop is not None and should_stop():
         return _with_initial(initial, start)  # cancelled: the caller raises; a partial fit is never used
     determinant = float(np.linalg.det(np.array(affine.GetMatrix()).reshape(3, 3)))

@@ -245,7 +245,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         tracker.start("prealign", f"pre-alignment: {settings.prealign}")
         transform = prealign(inputs.fixed_normalised, inputs.moving_normalised, settings.prealign,
                              initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
-                             should_stop=tracker.cancel_requested)
+                             should_stop=tracker.cancel_requested, device=torch_device)
         tracker.update(1.0, "pre-alignment done")  # honours a cancel that arrived during the affine fit
         budget = settings.max_working_voxels or default_working_voxels(torch_device)
         grid = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))

@@ -212,9 +212,7 @@ def test_cancel_stops_within_one_iteration(small_phantom):
 
 
 def test_cancel_during_the_affine_fit_stops_it_within_an_iteration(small_phantom):
-    """The affine fit asks for cancel at every optimiser iteration, not only when its pyramid is done."""
-    from learngn.prealign import pyramid_shrink_factors
-
+    """The affine fit asks for cancel at every Gauss-Newton step, not only when its pyramid is done."""
     image, _ = small_phantom
     moving = add_noise(image, 15.0, seed=5)
 
@@ -233,11 +231,11 @@ def test_cancel_during_the_affine_fit_stops_it_within_an_iteration(small_phantom
         return state["asked"]
 
     uncancelled = checks_in_prealign(cancel_after=10 ** 6)
-    cancelled = checks_in_prealign(cancel_after=3)
-    levels = len(pyramid_shrink_factors(image))
-    print(f"cancel checks during the affine fit: {uncancelled} uncancelled, {cancelled} when cancelled at the 3rd")
-    assert uncancelled > 20, "the fit is too short for this test to show anything"
-    assert cancelled <= 3 + levels + 1, f"{cancelled} cancel checks: the fit went on after the cancel"
+    cancelled = checks_in_prealign(cancel_after=2)
+    print(f"cancel checks during the affine fit: {uncancelled} uncancelled, {cancelled} when cancelled at the 2nd")
+    assert uncancelled >= 6, "the fit is too short for this test to show anything"
+    # the 2nd check stops the fit; pre-alignment and the progress report each ask once more
+    assert cancelled <= 2 + 2, f"{cancelled} cancel checks: the fit went on after the cancel"
 
 
 def test_cancel_before_start():
