@@ -5,7 +5,7 @@ through the affine, the residual against the fixed descriptors is linearised wit
 gradient, and a damped (Levenberg-Marquardt) normal equation gives the step.  MIND makes the fit
 independent of the modality, and the 12x12 system converges in a handful of steps per pyramid level.
 It replaced SimpleITK's Mattes mutual-information fit, which ran on the CPU only: on a 192x160x256 CT
-the pre-alignment stage went from 5.3 s to 2.4 s on 2 CPU threads at the same accuracy
+the pre-alignment stage went from 5.3 s to 2.8 s on 2 CPU threads at the same accuracy
 (docs/BENCHMARKS.md), and it can now run on the GPU with the rest of the registration.
 """
 from __future__ import annotations
