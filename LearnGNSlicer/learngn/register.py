@@ -269,6 +269,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     timings = dict(tracker.timings)
     timings["total"] = sum(timings.values())
-    return RegistrationResult(displacement=images.displacement, warped=images.warped, prealignment=transform, metrics=metrics,
-                              timings=timings, device=describe(torch_device), preset=preset, settings=settings,
-                              warnings=[str(w.message) for w in caught])
+    return RegistrationResult(displacement=images.displacement, warped=images.warped, prealignment=transform,
+                              metrics=metrics, timings=timings, device=describe(torch_device), preset=preset,
+                              settings=settings, warnings=[str(w.message) for w in caught])
