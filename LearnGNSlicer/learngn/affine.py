@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from .features import mind_ssc
-from .sampling import image_tensor, sample_at, voxel_points
+from .sampling import image_tensor, resample_on_device, sample_at, voxel_points
 
 #: Voxel sizes (mm) of the pyramid's levels: twelve parameters need no finer detail than 4 mm.
 PYRAMID_SPACINGS_MM = (16.0, 8.0, 4.0)
@@ -71,8 +71,7 @@ def _level(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Imag
     fixed_descriptors = _descriptors(fixed, device)[0].flatten(1).T
     points = voxel_points(fixed, device).reshape(-1, 3)
     if fixed_mask is not None:
-        inside = sitk.Resample(fixed_mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        keep = image_tensor(inside, device).flatten() > 0
+        keep = resample_on_device(fixed_mask, fixed, None, device, nearest=True).flatten() > 0
         points, fixed_descriptors = points[keep], fixed_descriptors[keep]
     if len(points) > MAX_POINTS:
         subset = torch.randperm(len(points), generator=torch.Generator().manual_seed(SUBSET_SEED))[:MAX_POINTS]
@@ -81,8 +80,7 @@ def _level(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Imag
     moving_descriptors = _descriptors(moving, device)
     mask = None
     if moving_mask is not None:
-        mask = image_tensor(sitk.Resample(moving_mask, moving, sitk.Transform(), sitk.sitkNearestNeighbor, 0),
-                            device)
+        mask = resample_on_device(moving_mask, moving, None, device, nearest=True)
     return _Level(points=points, fixed=fixed_descriptors,
                   moving=torch.cat([moving_descriptors, _physical_gradients(moving_descriptors, moving)], dim=1),
                   moving_geometry=moving, moving_mask=mask)

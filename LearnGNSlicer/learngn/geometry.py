@@ -35,13 +35,6 @@ def working_grid(fixed: sitk.Image, spacing: float) -> sitk.Image:
     return grid
 
 
-def resample(image: sitk.Image, reference: sitk.Image, transform: Optional[sitk.Transform] = None,
-             interpolator: int = sitk.sitkLinear, default_value: float = 0.0,
-             pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-    """``image`` sampled at ``transform(x)`` for every voxel ``x`` of ``reference``."""
-    return sitk.Resample(image, reference, transform or sitk.Transform(), interpolator, default_value, pixel_type)
-
-
 def voxel_field_to_physical(displacement: torch.Tensor, reference: sitk.Image) -> torch.Tensor:
     """A displacement in voxels of ``reference`` ``(1, 3, z, y, x)`` as LPS millimetres ``(z, y, x, 3)``."""
     voxels_xyz = displacement[0].flip(0).permute(1, 2, 3, 0)

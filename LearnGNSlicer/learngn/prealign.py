@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from .affine import PYRAMID_SPACINGS_MM, fit
-from .sampling import linear_matrix
+from .sampling import linear_matrix, ones_on_grid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransfor
     """
     initial_matrix = linear_matrix(initial)
     if initial_matrix is None:
-        covered = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
-        covered.CopyInformation(moving)
+        covered = ones_on_grid(moving)
         if moving_mask is not None:
             covered = covered * sitk.Cast(moving_mask > 0, sitk.sitkUInt8)
         moving, moving_mask = _through(initial, moving, fixed), _through(initial, covered, fixed)

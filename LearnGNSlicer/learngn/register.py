@@ -25,7 +25,7 @@ from .predictors import GaussNewtonPredictors, refined
 from .output import compose_on_device, output_images, quality_figures
 from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
-from .sampling import resample_on_device
+from .sampling import label_array, ones_on_grid, resample_on_device
 from .settings import RegistrationSettings, get_preset
 from .solver import SolverOptions, resolve_backend
 from .validation import check_image, check_label_image
@@ -131,7 +131,7 @@ def _features(normalised: sitk.Image, segmentation: Optional[sitk.Image], grid: 
     if "mind" in settings.features:
         channels.append(refined(model, "mind", mind_ssc(intensity, dilation=settings.mind_dilation), intensity))
     if "sdm" in settings.features:
-        labels = resample_on_device(segmentation, grid, transform, device, nearest=True)[0, 0].round().cpu().numpy()
+        labels = label_array(resample_on_device(segmentation, grid, transform, device, nearest=True))
         sdm = torch.from_numpy(signed_distance_maps(labels, inputs.labels, grid.GetSpacing()[0],
                                                     settings.sdm_clip_mm)).to(device)[None]
         channels.append(refined(model, "sdm", sdm))
@@ -204,9 +204,8 @@ def _mean_squared(difference: torch.Tensor, weight: Optional[torch.Tensor]) -> f
 
 
 def _check_overlap(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform]) -> None:
-    ones = sitk.Image(inputs.moving.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(inputs.moving)
-    coverage = float(resample_on_device(ones, grid, transform, torch.device("cpu"), nearest=True).mean())
+    coverage = float(resample_on_device(ones_on_grid(inputs.moving), grid, transform, torch.device("cpu"),
+                                        nearest=True).mean())
     if coverage < MIN_OVERLAP:
         raise InputError(f"after pre-alignment the moving image covers only {100 * coverage:.1f}% of the fixed "
                          "image: the images do not overlap. Check their origins and orientations, give an "
@@ -221,7 +220,8 @@ def _falling_back_to_cpu(run: Callable[[torch.device], Any], device: torch.devic
     except Exception as error:
         if device.type != "cuda" or not is_out_of_memory(error):
             raise
-    warnings.warn(f"the GPU ran out of memory in the {what}; running it again on the CPU", RuntimeWarning)
+        warnings.warn(f"the GPU ran out of memory in the {what} ({error}); running it again on the CPU",
+                      RuntimeWarning)
     torch.cuda.empty_cache()
     cpu = torch.device("cpu")
     return run(cpu), cpu
@@ -256,9 +256,9 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         def output_stage(on: torch.device) -> Tuple[Any, Dict[str, float]]:
             tracker.start("output", f"composing the displacement field and warping on {on}")
             composed = compose_on_device(transform, displacement.to(on), grid, fixed)
-            images = output_images(fixed, moving, composed)
+            images, warped = output_images(moving, composed)
             tracker.update(0.5, "quality figures")
-            return images, quality_figures(fixed, moving, composed, images.warped, transform, inputs.fixed_mask,
+            return images, quality_figures(fixed, moving, composed, warped, transform, inputs.fixed_mask,
                                            inputs.fixed_segmentation, inputs.moving_segmentation, inputs.labels)
 
         (images, metrics), _ = _falling_back_to_cpu(output_stage, torch_device, "output stage")

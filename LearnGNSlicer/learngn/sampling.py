@@ -87,14 +87,32 @@ def sample_at(volume: torch.Tensor, geometry: sitk.Image, points: torch.Tensor, 
     return torch.where(inside[None, None], sampled, torch.full_like(sampled[:, :1], default_value))
 
 
+def resample(image: sitk.Image, reference: sitk.Image, transform: Optional[sitk.Transform] = None,
+             interpolator: int = sitk.sitkLinear, default_value: float = 0.0,
+             pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """``image`` sampled at ``transform(x)`` for every voxel ``x`` of ``reference`` (SimpleITK, CPU)."""
+    return sitk.Resample(image, reference, transform or sitk.Transform(), interpolator, default_value, pixel_type)
+
+
+def ones_on_grid(image: sitk.Image) -> sitk.Image:
+    """A UInt8 image of ones on ``image``'s grid: resampled, it shows where ``image`` covers another grid."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return ones
+
+
+def label_array(volume: torch.Tensor) -> np.ndarray:
+    """Labels resampled as floats ``(1, 1, z, y, x)`` (nearest neighbour) back as an integer array."""
+    return volume[0, 0].round().cpu().numpy().astype(np.int64)
+
+
 def resample_on_device(image: sitk.Image, reference: sitk.Image, transform: Optional[sitk.Transform],
                        device: torch.device, *, nearest: bool = False, default_value: float = 0.0,
                        with_torch: Optional[bool] = None) -> torch.Tensor:
     """``image`` at ``transform(x)`` for every voxel ``x`` of ``reference``, as ``(1, C, z, y, x)``."""
     if not resamples_with_torch(device, with_torch):
         interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
-        return image_tensor(sitk.Resample(image, reference, transform or sitk.Transform(), interpolator,
-                                          default_value, sitk.sitkFloat32), device)
+        return image_tensor(resample(image, reference, transform, interpolator, default_value), device)
     matrix = linear_matrix(transform)
     if matrix is None:
         points = voxel_points(reference, device) + field_tensor(transform_field(transform, reference), device)

@@ -10,7 +10,7 @@ import torch
 
 from engine_helpers import oblique_direction, rotation, with_geometry
 from learngn.geometry import compose_to_field, displacement_transform, voxel_field_to_image, working_grid
-from learngn.output import compose_on_device, warp_moving
+from learngn.output import DenseField, compose_on_device, warp_moving
 from learngn.quality import field_jacobian_determinant, jacobian_determinant
 from learngn.sampling import field_image, field_tensor, linear_matrix, resample_on_device, scalar_image
 
@@ -92,7 +92,7 @@ def test_compose_on_device_applies_the_field_then_the_prealignment():
     for prealignment in (an_affine(), sitk.CompositeTransform([an_affine(), a_dense_transform(fixed)]), None):
         expected = sitk.GetArrayFromImage(compose_to_field(
             [prealignment, displacement_transform(voxel_field_to_image(working, grid))], fixed))
-        ours = compose_on_device(prealignment, working, grid, fixed, with_torch=True).numpy()
+        ours = compose_on_device(prealignment, working, grid, fixed, with_torch=True).tensor.numpy()
         assert np.abs(expected).max() > 1.0
         assert np.allclose(ours, expected, atol=1e-3), type(prealignment).__name__
 
@@ -101,7 +101,7 @@ def test_warp_moving_agrees_with_simpleitk_through_a_field():
     moving, fixed = moving_image(seed=5), fixed_grid()
     field = field_tensor(compose_to_field([an_affine(), a_dense_transform(fixed)], fixed), CPU)
     expected = sitk_resample(moving, fixed, displacement_transform(field_image(field, fixed)))
-    ours = warp_moving(moving, fixed, field, default_value=-1000.0, with_torch=True)
+    ours = warp_moving(moving, DenseField(field, fixed), default_value=-1000.0, with_torch=True)
     assert np.allclose(sitk.GetArrayFromImage(scalar_image(ours, fixed)), expected, atol=1e-3)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
 
-from ..geometry import resample
+from ..sampling import resample
 from ..io import image_info, read_image, read_transform, write_displacement, write_image, write_json, write_transform
 from ..progress import ProgressEvent
 from ..register import RegistrationResult, register

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..features import signed_distance_maps
-from ..geometry import resample, working_grid
+from ..geometry import working_grid
+from ..sampling import resample
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _CASE_NUMBER = re.compile(r"(\d+)(?:_\d{4})?(?:\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$")

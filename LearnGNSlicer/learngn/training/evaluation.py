@@ -18,8 +18,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from ..geometry import displacement_transform, resample, working_grid
+from ..geometry import displacement_transform, working_grid
 from ..quality import dice_per_label, jacobian_statistics
+from ..sampling import resample
 from .data import Dataset, Pair, read_image
 from .peers import PEERS
 from .progressbar import ProgressBar
