@@ -49,9 +49,14 @@ _OPTIONS = {
     "--folding": ("folding_weight", float, "weight of the folding penalty mean(relu(0.1 - det(I + grad u)))"),
     "--synthesis": ("synthesis", str, "synthetic appearance for --setting synthetic: random (label-wise random "
                                       "intensities) or ct (typical CT values per organ, jittered)"),
+    "--prealign": ("prealign", str, "pre-align every training pair as register() does before Gauss-Newton: "
+                                    "affine (its default), com (centre of mass) or none (the default here, "
+                                    "as the shipped models were trained)"),
     "--crop": ("crop", _crop, "training crop D,H,W in working voxels, or 'none' for whole volumes"),
     "--elastic-mm": ("elastic_mm", float, "maximum elastic augmentation (mm)"),
     "--rotation": ("rotation_degrees", float, "maximum augmentation rotation per axis (degrees)"),
+    "--scale": ("scale", float, "maximum augmentation scaling per axis (0.08: +-8%%)"),
+    "--translation-mm": ("translation_mm", float, "maximum augmentation translation per axis (mm)"),
     "--seed": ("seed", int, "random seed: the same seed and options reproduce a run"),
     "--threads": ("threads", int, "CPU threads for torch (0: its default)"),
     "--val-every": ("val_every", int, "score the validation pairs every N steps"),
@@ -87,7 +92,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     options = parser.add_argument_group("training options (default: see learngn.training.TrainConfig)")
     choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
                "--trainable": ("all", "residual", "jacobian", "features"), "--synthesis": ("random", "ct"),
-               "--schedule": ("constant", "cosine")}
+               "--schedule": ("constant", "cosine"), "--prealign": ("none", "com", "affine")}
     for flag, (_, kind, text) in _OPTIONS.items():
         options.add_argument(flag, type=kind, default=None, help=text, choices=choices.get(flag))
     tuning = parser.add_argument_group("tuning classic GN first (on training pairs)")

@@ -51,6 +51,7 @@ class TrainConfig:
     synthesis: str = "random"                    # synthetic appearance: random (SynthMorph-style) | ct (HU table + jitter)
     folding_weight: float = 0.0                  # weight of mean(relu(0.1 - det(I + grad u)))
     crop: Optional[Tuple[int, int, int]] = (40, 40, 40)   # working voxels; None = whole volume
+    prealign: str = "none"                       # none | com | affine: pre-align each training pair as register() does
     augment: bool = True
     rotation_degrees: float = 8.0
     scale: float = 0.08
@@ -76,6 +77,8 @@ class TrainConfig:
             raise InputError(f"unknown optimizer {self.optimizer!r}; use nsgd or adam")
         if self.schedule not in ("constant", "cosine"):
             raise InputError(f"unknown learning-rate schedule {self.schedule!r}; use constant or cosine")
+        if self.prealign not in ("none", "com", "affine"):
+            raise InputError(f"unknown pre-alignment {self.prealign!r}; use none, com or affine")
         if self.loss not in ("dice", "ce"):
             raise InputError(f"unknown loss {self.loss!r}; use dice or ce")
         if self.steps < 0 or self.batch_size < 1 or self.iterations < 1:

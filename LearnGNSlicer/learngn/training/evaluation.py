@@ -24,7 +24,7 @@ from ..sampling import resample
 from .data import Dataset, Pair, read_image
 from .peers import PEERS
 from .progressbar import ProgressBar
-from .synthesis import synthetic_ct_image
+from .synthesis import case_seed, synthetic_ct_image
 
 IMAGE_SOURCES = ("dataset", "synthetic-ct")
 
@@ -187,8 +187,7 @@ def load_eval_case(dataset: Dataset, name: str, images: str, landmarks_dir: Opti
     if images == "synthetic-ct":
         if labels is None:
             raise InputError(f"case {name} has no label map to synthesise an image from")
-        digits = "".join(ch for ch in name if ch.isdigit())
-        image = synthetic_ct_image(labels, seed=int(digits or 0), mode="ct")
+        image = synthetic_ct_image(labels, seed=case_seed(name), mode="ct")
     points = None
     if landmarks_dir is not None:
         candidates = [p for p in Path(landmarks_dir).glob(f"*{name}*.csv")]

@@ -76,6 +76,12 @@ def synthetic_ct(labels: torch.Tensor, generator: torch.Generator, *, spacing_mm
     return image
 
 
+def case_seed(name: str) -> int:
+    """The seed of a case's fixed synthetic CT: the digits of its name (``0007`` -> 7), so training and
+    evaluation make the same image of a case."""
+    return int("".join(ch for ch in name if ch.isdigit()) or 0)
+
+
 def synthetic_ct_image(label_image, seed: int, mode: str = "ct"):
     """A SimpleITK CT-like image on the grid of a SimpleITK label map (for evaluation and demos)."""
     import SimpleITK as sitk

@@ -27,12 +27,13 @@ from ..features import CT_WINDOW, intensity_window, mind_ssc, normalise_intensit
 from ..gauss_newton import GaussNewtonConfig, gauss_newton, warp
 from ..predictors import GaussNewtonPredictors
 from ..quality import dice_per_label
+from .alignment import PairAligner, through
 from .augment import AugmentOptions, crop_coordinates, crop_start, random_coordinates, sample
 from .config import TrainConfig
 from .data import CaseData, Dataset, Pair, load_case, open_dataset
 from .losses import folding, one_hot, smoothness, soft_dice, weighted_cross_entropy
 from .progressbar import ProgressBar
-from .synthesis import synthetic_ct
+from .synthesis import case_seed, synthetic_ct
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("step", "loss", "label_loss", "smoothness", "train_dice", "val_dice", "seconds")
@@ -59,6 +60,7 @@ class PreparedData:
     n_classes: int
     windows: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     boxes: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    aligner: PairAligner = field(default_factory=lambda: PairAligner("none"))
 
 
 def gn_config(config: TrainConfig) -> GaussNewtonConfig:
@@ -76,10 +78,10 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
         raise InputError(f"training needs at least two training cases, found {len(names)}")
     pairs = dataset.validation_pairs[: config.val_pairs] if validation else []
     val_names = sorted({c for p in pairs for c in (p.fixed, p.moving)})
-    with_image = config.setting == "images"
+    with_image = config.setting == "images" or config.prealign != "none"  # pre-alignment uses images where there are
     loaded = {n: load_case(dataset.cases[n], config.working_spacing, [], with_sdm=False, with_image=with_image)
               for n in list(names) + val_names}
-    if with_image and any(loaded[n].image is None for n in loaded):
+    if config.setting == "images" and any(loaded[n].image is None for n in loaded):
         raise InputError("the 'images' setting needs an image for every case; use 'synthetic' for label maps alone")
     values = sorted({int(v) for n in loaded for v in np.unique(loaded[n].labels) if v != 0})
     if not values:
@@ -96,7 +98,7 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
         coords = np.nonzero(case.labels)
         boxes[name] = (np.array([c.min() for c in coords]), np.array([c.max() for c in coords]))
     return PreparedData([loaded[n] for n in names], {n: loaded[n] for n in val_names}, pairs, values,
-                        max(values) + 1, windows, boxes)
+                        max(values) + 1, windows, boxes, PairAligner(config.prealign))
 
 
 def _channels_present(fixed: CaseData, moving: CaseData, values: Sequence[int]) -> List[int]:
@@ -129,8 +131,7 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
     if config.setting == "synthetic":
         hard = labels[0].argmax(0)
         if generator is None:
-            seed = int("".join(ch for ch in case.name if ch.isdigit()) or 0)
-            hu = synthetic_ct(hard, torch.Generator().manual_seed(seed), spacing_mm=config.working_spacing,
+            hu = synthetic_ct(hard, torch.Generator().manual_seed(case_seed(case.name)), spacing_mm=config.working_spacing,
                               mode="ct", n_labels=data.n_classes)
         else:
             hu = synthetic_ct(hard, generator, spacing_mm=config.working_spacing, mode=config.synthesis,
@@ -172,16 +173,25 @@ def training_sample(config: TrainConfig, data: PreparedData, step: int, index: i
     centre = [rng.uniform(lo, hi) for lo, hi in zip(low, high)]
     start = crop_start(shape, crop, centre) if config.crop else (0, 0, 0)
     channels = _channels_present(fixed, moving, data.label_values)
+    alignment = data.aligner.matrix(fixed, moving)
     tensors = []
-    for case in (fixed, moving):
+    for case, matrix in ((fixed, None), (moving, alignment)):
         if config.augment:
             coords = random_coordinates(start, crop, config.working_spacing, generator, _augment_options(config))
-        elif config.crop:
+        elif config.crop or matrix is not None:
             coords = crop_coordinates(start, crop)
         else:
             coords = None
+        coords = coords if coords is None else through(matrix, coords)
         tensors.append(case_tensors(config, data, case, coords, generator, channels))
     return TrainingSample((fixed.name, moving.name), *tensors)
+
+
+def aligned_coordinates(data: PreparedData, fixed: CaseData, moving: CaseData) -> Optional[torch.Tensor]:
+    """Where the whole fixed grid samples the moving case after the pair's pre-alignment (None: where the
+    training is not pre-aligned, the moving case as it is)."""
+    matrix = data.aligner.matrix(fixed, moving)
+    return None if matrix is None else through(matrix, crop_coordinates((0, 0, 0), fixed.shape))
 
 
 def register_cases(model: Optional[torch.nn.Module], config_gn: GaussNewtonConfig, fixed: CaseTensors,
@@ -195,7 +205,7 @@ def score_pair(config: TrainConfig, data: PreparedData, model: Optional[torch.nn
     """Dice on the working grid and displacement of one whole-volume pair (no augmentation)."""
     channels = _channels_present(fixed, moving, data.label_values)
     fixed_case = case_tensors(config, data, fixed, None, None, channels)
-    moving_case = case_tensors(config, data, moving, None, None, channels)
+    moving_case = case_tensors(config, data, moving, aligned_coordinates(data, fixed, moving), None, channels)
     displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
     return hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)), displacement
 
