@@ -117,6 +117,8 @@ class TrainConfig:
             "grid_stride": self.grid_stride, "lambda_start": self.lambda_start, "lambda_end": self.lambda_end,
             "momentum": self.momentum, "working_spacing": self.working_spacing,
         }
+        if self.prealign != "none":
+            settings["prealign"] = self.prealign
         if self.setting == "sdm":
             settings["sdm_clip_mm"] = self.sdm_clip_mm
         else:
