@@ -318,3 +318,5 @@ def test_shipped_model_loads_safely_and_its_card_is_complete(card_path):
     assert validation["pairs"] == 10 and validation["command"].startswith("learngn evaluate ")
     for method in ("learned", "untrained"):
         assert 0.0 < validation[method]["dice"] < 1.0
+    peers = card["peers"]["table"]  # the issue asks for the model beside the peers, in the card too
+    assert f"| {card['preset']} |" in peers and "| ConvexAdam |" in peers
