@@ -78,7 +78,7 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
         raise InputError(f"training needs at least two training cases, found {len(names)}")
     pairs = dataset.validation_pairs[: config.val_pairs] if validation else []
     val_names = sorted({c for p in pairs for c in (p.fixed, p.moving)})
-    with_image = config.setting == "images" or config.prealign != "none"  # pre-alignment uses images where there are
+    with_image = config.setting == "images" or config.prealign != "none"  # pre-alignment uses the images
     loaded = {n: load_case(dataset.cases[n], config.working_spacing, [], with_sdm=False, with_image=with_image)
               for n in list(names) + val_names}
     if config.setting == "images" and any(loaded[n].image is None for n in loaded):
@@ -131,8 +131,8 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
     if config.setting == "synthetic":
         hard = labels[0].argmax(0)
         if generator is None:
-            hu = synthetic_ct(hard, torch.Generator().manual_seed(case_seed(case.name)), spacing_mm=config.working_spacing,
-                              mode="ct", n_labels=data.n_classes)
+            hu = synthetic_ct(hard, torch.Generator().manual_seed(case_seed(case.name)),
+                              spacing_mm=config.working_spacing, mode="ct", n_labels=data.n_classes)
         else:
             hu = synthetic_ct(hard, generator, spacing_mm=config.working_spacing, mode=config.synthesis,
                               n_labels=data.n_classes)
