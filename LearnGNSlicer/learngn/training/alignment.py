@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..features import CT_WINDOW, intensity_window
+from ..features import CT_WINDOW, normalise_intensity
 from ..prealign import prealign
 from ..sampling import index_to_physical, linear_matrix
 from .data import CaseData
@@ -29,18 +29,18 @@ _REVERSE_AXES = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]
 PREALIGN_MODES = ("none", "com", "affine")
 
 
-def normalised_image(case: CaseData) -> sitk.Image:
-    """The case's image on its working grid, windowed to [0, 1] as ``register`` does ("auto"); a synthetic
-    CT (the evaluation's, seeded by the case) where the case has labels only."""
+def normalised_image(case: CaseData, window: Tuple[float, float]) -> sitk.Image:
+    """The case's image on its working grid, windowed to [0, 1] by ``window`` (the trainer's, chosen as
+    ``register`` chooses it); a synthetic CT (the evaluation's, seeded by the case, CT window) where the case
+    has labels only."""
     if case.image is None:
         labels = sitk.GetImageFromArray(case.labels)
         labels.CopyInformation(case.grid)
         hu = sitk.GetArrayFromImage(synthetic_ct_image(labels, seed=case_seed(case.name)))
-        low, high = CT_WINDOW
+        window = CT_WINDOW
     else:
         hu = case.image
-        low, high = intensity_window(hu.ravel(), "auto")
-    image = sitk.GetImageFromArray(np.clip((hu - low) / (high - low), 0.0, 1.0).astype(np.float32))
+    image = sitk.GetImageFromArray(normalise_intensity(torch.from_numpy(hu), window).numpy())
     image.CopyInformation(case.grid)
     return image
 
@@ -67,10 +67,11 @@ class PairAligner:
     """Pre-alignments of ordered pairs of cases, computed on first use and kept (they are deterministic,
     so a resumed run gets the same ones)."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, windows: Optional[Dict[str, Tuple[float, float]]] = None) -> None:
         if mode not in PREALIGN_MODES:
             raise ValueError(f"unknown pre-alignment {mode!r}; use {', '.join(PREALIGN_MODES)}")
         self.mode = mode
+        self._windows = windows or {}  # intensity windows of the cases with images
         self._images: Dict[str, sitk.Image] = {}
         self._matrices: Dict[Tuple[str, str], Optional[np.ndarray]] = {}
 
@@ -87,5 +88,5 @@ class PairAligner:
 
     def _image(self, case: CaseData) -> sitk.Image:
         if case.name not in self._images:
-            self._images[case.name] = normalised_image(case)
+            self._images[case.name] = normalised_image(case, self._windows.get(case.name, CT_WINDOW))
         return self._images[case.name]

@@ -98,7 +98,7 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
         coords = np.nonzero(case.labels)
         boxes[name] = (np.array([c.min() for c in coords]), np.array([c.max() for c in coords]))
     return PreparedData([loaded[n] for n in names], {n: loaded[n] for n in val_names}, pairs, values,
-                        max(values) + 1, windows, boxes, PairAligner(config.prealign))
+                        max(values) + 1, windows, boxes, PairAligner(config.prealign, windows))
 
 
 def _channels_present(fixed: CaseData, moving: CaseData, values: Sequence[int]) -> List[int]:
@@ -194,6 +194,15 @@ def aligned_coordinates(data: PreparedData, fixed: CaseData, moving: CaseData) -
     return None if matrix is None else through(matrix, crop_coordinates((0, 0, 0), fixed.shape))
 
 
+def whole_pair(config: TrainConfig, data: PreparedData, fixed: CaseData, moving: CaseData
+               ) -> Tuple[CaseTensors, CaseTensors]:
+    """Both cases of a pair on the whole fixed grid, no augmentation; the moving one through the pair's
+    pre-alignment. Scoring and lambda tuning see pairs this way."""
+    channels = _channels_present(fixed, moving, data.label_values)
+    return (case_tensors(config, data, fixed, None, None, channels),
+            case_tensors(config, data, moving, aligned_coordinates(data, fixed, moving), None, channels))
+
+
 def register_cases(model: Optional[torch.nn.Module], config_gn: GaussNewtonConfig, fixed: CaseTensors,
                    moving: CaseTensors) -> torch.Tensor:
     """The displacement (voxels) that the model (None: classic GN) finds between two cases."""
@@ -203,9 +212,7 @@ def register_cases(model: Optional[torch.nn.Module], config_gn: GaussNewtonConfi
 def score_pair(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.Module], fixed: CaseData,
                moving: CaseData) -> Tuple[float, torch.Tensor]:
     """Dice on the working grid and displacement of one whole-volume pair (no augmentation)."""
-    channels = _channels_present(fixed, moving, data.label_values)
-    fixed_case = case_tensors(config, data, fixed, None, None, channels)
-    moving_case = case_tensors(config, data, moving, aligned_coordinates(data, fixed, moving), None, channels)
+    fixed_case, moving_case = whole_pair(config, data, fixed, moving)
     displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
     return hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)), displacement
 

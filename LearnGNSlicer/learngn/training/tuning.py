@@ -21,8 +21,7 @@ from ..geometry import voxel_field_to_image
 from ..quality import jacobian_statistics
 from .config import TrainConfig
 from .progressbar import ProgressBar
-from .trainer import (PreparedData, _channels_present, aligned_coordinates, case_tensors, gn_config, hard_dice,
-                      prepare_data, register_cases, score_pair)
+from .trainer import PreparedData, gn_config, hard_dice, prepare_data, register_cases, score_pair, whole_pair
 
 
 @dataclass
@@ -47,10 +46,7 @@ def tune_lambda(config: TrainConfig, starts: Sequence[float], ratios: Sequence[f
     cached = {}
     for i, j in pairs:
         fixed, moving = data.training[i], data.training[j]
-        channels = _channels_present(fixed, moving, data.label_values)
-        cached[(i, j)] = (case_tensors(config, data, fixed, None, None, channels),
-                          case_tensors(config, data, moving, aligned_coordinates(data, fixed, moving), None,
-                                       channels), fixed.grid)
+        cached[(i, j)] = (*whole_pair(config, data, fixed, moving), fixed.grid)
     rows = []
     grid = [(s, r) for s in starts for r in ratios]
     bar = ProgressBar(len(grid) * len(pairs), "tune", enabled=progress)
