@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 
@@ -56,3 +57,39 @@ def test_shard_selection_covers_every_pair_once():
     pairs = [Pair(i + 2, f"p{i}", InputPaths("f", "m")) for i in range(7)]
     shards = [[p.id for p in select_shard(pairs, (i, 3))] for i in (1, 2, 3)]
     assert shards == [["p0", "p3", "p6"], ["p1", "p4"], ["p2", "p5"]]
+
+
+def test_resume_reruns_a_pair_whose_settings_changed_and_skips_an_unchanged_one(images, tmp_path):
+    (tmp_path / "pairs.csv").write_text(f"id,fixed,moving\nonly,{images['fixed']},{images['moving']}\n")
+    outdir = tmp_path / "results"
+    summary = outdir / "only" / "summary.json"
+    assert learngn("batch", tmp_path / "pairs.csv", "-o", outdir, *QUICK_BATCH).returncode == 0
+    assert json.loads(summary.read_text())["result_key"]["settings"]["iterations"] == 1
+
+    changed = learngn("batch", tmp_path / "pairs.csv", "-o", outdir, *QUICK_BATCH, "--iterations", "2",
+                      "--progress", "bar")  # notes shown
+    assert changed.returncode == 0, changed.stderr
+    assert _table(outdir / "batch_summary.csv")["only"]["status"] == "done"
+    assert "iterations 1 -> 2" in changed.stdout + changed.stderr
+    assert json.loads(summary.read_text())["settings"]["iterations"] == 2
+    done_at = os.stat(summary).st_mtime_ns
+
+    same = learngn("batch", tmp_path / "pairs.csv", "-o", outdir, *QUICK_BATCH, "--iterations", "2")
+    assert same.returncode == 0, same.stderr
+    assert _table(outdir / "batch_summary.csv")["only"]["status"] == "skipped"
+    assert os.stat(summary).st_mtime_ns == done_at
+
+
+def test_the_result_key_names_what_changed():
+    from learngn.cli.options import OutputOptions
+    from learngn.cli.provenance import key_changes, result_key
+    from learngn.settings import get_preset
+
+    preset = get_preset("abdomen-synthetic-ct")
+    key = result_key(preset.name, preset.settings, {"fixed": "/a.nii.gz", "moving": "/b.nii.gz"}, OutputOptions())
+    assert len(key["model_sha256"]) == 64 and key["engine_version"]
+    assert key_changes(json.loads(json.dumps(key)), key) == []
+    for entry, words in (("engine_version", "engine version"), ("model_sha256", "model checksum"),
+                         ("preset", "preset"), ("inputs", "input files")):
+        assert words in key_changes({**key, entry: "other"}, key)[0]
+    assert "no record" in key_changes(None, key)[0]

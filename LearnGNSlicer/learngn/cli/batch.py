@@ -1,6 +1,8 @@
 """``learngn batch PAIRS.csv -o OUTDIR``: a cohort, resumable, one folder per pair, a summary table.
 
-A pair whose ``OUTDIR/<id>/summary.json`` exists is done and skipped (unless --overwrite); a failing pair
+A pair whose ``OUTDIR/<id>/summary.json`` exists is skipped when it was made by what this run would use
+(engine version, preset, settings, model checksum, inputs, outputs: ``cli.provenance``); otherwise it runs
+again and its result is replaced once the new one is complete (--overwrite reruns every pair).  A failing pair
 gets ``OUTDIR/<id>/error.txt`` and the others go on; ``--shard I/N`` runs every N-th pair so an array
 job can spread a cohort over a cluster.  Exit code 1 when a pair failed, 130 when cancelled.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import sys
 import traceback
@@ -16,6 +19,7 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from ..errors import RegistrationCancelled
 from ..io import read_json
+from ..settings import RegistrationSettings, get_preset
 from .cancel import CancelOnSignal
 from .cohort import COLUMNS, Pair, read_pairs, select_shard, shard_type
 from .errors import EXIT_FAILURE, CommandFailed, classify
@@ -23,6 +27,7 @@ from .options import OutputOptions, RegistrationOptions, add_output_options, add
     registration_options
 from .pipeline import SUMMARY_FILE, number, run_pair
 from .progress import Reporter, make_reporter
+from .provenance import KEY_ENTRY, key_changes, result_key
 
 ERROR_FILE = "error.txt"
 TABLE_COLUMNS = ("id", "status", "time_s", "ncc_before", "ncc_after", "negative_jacobian_percent",
@@ -34,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "batch", help="register every pair listed in a CSV file (resumable, shardable)",
         description="Register every pair of PAIRS.csv into OUTDIR/<id>/ (the files of 'learngn register'). "
                     f"Columns: {', '.join(COLUMNS)}; fixed and moving are required, relative paths are relative "
-                    "to the CSV file. Pairs already done (summary.json present) are skipped, so running the "
-                    "same command again resumes a cohort.",
+                    "to the CSV file. Pairs already done with the same settings, preset, model and engine version "
+                    "(recorded in their summary.json) are skipped, so running the same command again resumes a "
+                    "cohort; a pair done with other settings runs again.",
         epilog="Exit codes: 0 all pairs done, 1 some pair failed (see OUTDIR/<id>/error.txt and the summary "
                "table), 2 bad input, 130 cancelled.")
     parser.add_argument("pairs", metavar="PAIRS.csv", help="the cohort: one pair per line")
@@ -74,17 +80,29 @@ def _forget_failure(folder: Path) -> None:
             pass  # not empty: the pair's own run reports it
 
 
-def _run_one(pair: Pair, outdir: Path, registration: RegistrationOptions, output: OutputOptions,
-             reporter: Reporter, cancel: CancelOnSignal, command: List[str], position: str) -> Dict[str, Any]:
+def _read_summary(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _run_one(pair: Pair, outdir: Path, registration: RegistrationOptions, settings: RegistrationSettings,
+             output: OutputOptions, reporter: Reporter, cancel: CancelOnSignal, command: List[str],
+             position: str) -> Dict[str, Any]:
     folder = outdir / pair.id
     done = folder / SUMMARY_FILE
     if done.is_file() and not output.overwrite:
-        try:
-            summary = read_json(done)
-        except ValueError:
-            summary = None
-        reporter.note(f"pair {position}: already done ({done}); skipped")
-        return _row(pair, "skipped", summary)
+        summary = _read_summary(done)
+        changes = key_changes((summary or {}).get(KEY_ENTRY),
+                              result_key(registration.preset, settings, pair.paths.resolved(), output))
+        if not changes:
+            reporter.note(f"pair {position}: already done ({done}); skipped")
+            return _row(pair, "skipped", summary)
+        reporter.note(f"pair {position}: the result in {folder} was made differently ({'; '.join(changes)}); "
+                      "running it again (the old result stays until the new one is complete)")
+        output = dataclasses.replace(output, overwrite=True)
     _forget_failure(folder)
     reporter.note(f"pair {position} (line {pair.row}): {pair.paths.moving} -> {pair.paths.fixed}")
     try:
@@ -133,6 +151,7 @@ def _print_table(rows: List[Dict[str, Any]], stream: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     registration = registration_options(args)
+    settings = get_preset(registration.preset).settings.replace(**registration.overrides)
     output = output_options(args)
     pairs = select_shard(read_pairs(Path(args.pairs)), args.shard)
     outdir = Path(args.output).resolve()
@@ -144,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
             for position, pair in enumerate(pairs, 1):
                 reporter.label = pair.id
                 try:
-                    rows.append(_run_one(pair, outdir, registration, output, reporter, cancel, args.command_line,
-                                         f"{position} of {len(pairs)}"))
+                    rows.append(_run_one(pair, outdir, registration, settings, output, reporter, cancel,
+                                         args.command_line, f"{position} of {len(pairs)}"))
                 except (RegistrationCancelled, KeyboardInterrupt):
                     rows.append(_row(pair, "cancelled"))
                     raise

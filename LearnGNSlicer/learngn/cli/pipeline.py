@@ -22,6 +22,7 @@ from ..report import write_report
 from .cancel import CancelOnSignal
 from .options import OutputOptions, RegistrationOptions
 from .progress import Reporter
+from .provenance import KEY_ENTRY, result_key
 from .staging import check_output_folder, staged_folder
 
 WARPED_FILE = "warped.nii.gz"
@@ -52,6 +53,10 @@ class InputPaths:
     def given(self) -> Dict[str, str]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
+    def resolved(self) -> Dict[str, str]:
+        """The given paths, absolute (as the summary records them)."""
+        return {role: str(Path(p).resolve()) for role, p in self.given().items()}
+
 
 #: The optional inputs, in order (masks, segmentations, initial transform).
 OPTIONAL_INPUTS = tuple(f.name for f in fields(InputPaths) if f.name not in ("fixed", "moving"))
@@ -72,7 +77,7 @@ def _label(role: str) -> str:
 
 
 def read_inputs(paths: InputPaths, reporter: Reporter, cancel: CancelOnSignal) -> Inputs:
-    inputs = Inputs(images={}, paths={role: str(Path(p).resolve()) for role, p in paths.given().items()})
+    inputs = Inputs(images={}, paths=paths.resolved())
     for role, path in paths.given().items():
         cancel.check()
         reporter.progress(ProgressEvent("prepare", 0.0, f"reading the {_label(role)} {path}"))
@@ -157,6 +162,7 @@ def register_and_write(inputs: Inputs, outdir: Path, registration: RegistrationO
             timings["report"] = time.perf_counter() - drawing
         timings["wall"] = before + time.perf_counter() - started
         summary = _summary(result, inputs, outdir, output, timings, command)
+        summary[KEY_ENTRY] = result_key(registration.preset, result.settings, inputs.paths, output)
         summary.update(extras)
         cancel.check()
         write_json(summary, folder / SUMMARY_FILE)
