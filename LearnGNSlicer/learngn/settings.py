@@ -58,10 +58,13 @@ class RegistrationSettings:
             "max_working_voxels": self.max_working_voxels is None or self.max_working_voxels >= 32 ** 3,
             "working_spacing": self.working_spacing is None or self.working_spacing > 0,
         }
+        valid = {"iterations": ">= 1", "levels": "1 to 4", "grid_stride": "1 to 16", "regularisation": "> 0",
+                 "lambda_start": "> 0", "lambda_end": "> 0", "momentum": ">= 0 and < 1", "update_smoothing": ">= 0",
+                 "max_working_voxels": f">= {32 ** 3} (32^3)", "working_spacing": "> 0 (mm)"}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise InputError(f"setting out of range: {values}; see learngn.RegistrationSettings for the valid ranges")
+            values = ", ".join(f"{name}={getattr(self, name)!r} (must be {valid.get(name, 'in range')})" for name in bad)
+            raise InputError(f"setting out of range: {values}")
 
     def replace(self, **overrides: Any) -> "RegistrationSettings":
         names = {f.name for f in dataclasses.fields(self)}
