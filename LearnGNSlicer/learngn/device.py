@@ -2,10 +2,22 @@
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 
 from .errors import InputError
+
+
+def unusable_gpu(requested: str) -> Optional[str]:
+    """Why a CUDA request (``cuda``, ``cuda:N``) cannot run on a GPU here, or None when it can (or asks none)."""
+    if not (requested or "").lower().startswith("cuda") or torch.cuda.is_available():
+        return None
+    if getattr(torch.version, "cuda", None) is None:
+        why = f"this PyTorch, {torch.__version__}, is a CPU-only build"
+    else:
+        why = "no GPU or no driver found"
+    return f"a GPU was requested but PyTorch sees no usable CUDA device ({why}); running on the CPU"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -16,9 +28,9 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            warnings.warn("a GPU was requested but PyTorch sees no usable CUDA device (no GPU, no driver, or a "
-                          "CPU-only PyTorch build); running on the CPU", RuntimeWarning, stacklevel=3)
+        problem = unusable_gpu(requested)
+        if problem:
+            warnings.warn(problem, RuntimeWarning, stacklevel=3)
             return torch.device("cpu")
         device = torch.device(requested)
         if device.index is not None and device.index >= torch.cuda.device_count():

@@ -21,7 +21,6 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import InputError
 
@@ -32,17 +31,20 @@ DIAGONAL_EPSILON = 1e-6
 def apply_laplacian(x: torch.Tensor) -> torch.Tensor:
     """Graph Laplacian (degree minus adjacency) of a 3D grid applied to each of ``x``'s volumes.
 
-    Replicate padding makes the difference to a missing neighbour zero, which is exactly the graph
-    Laplacian's boundary rule.  ``x`` has shape ``(B, D, H, W)``.
+    Each edge between neighbours ``i`` and ``i+1`` adds ``x_i - x_{i+1}`` to ``i`` and its negative to
+    ``i+1``; a missing neighbour adds nothing, which is the graph Laplacian's (Neumann) boundary rule.
+    Differences of slices instead of a padded copy: several times faster on small control grids, where
+    the padding dominated.  ``x`` has shape ``(B, D, H, W)``.
     """
-    p = F.pad(x.unsqueeze(0), (1, 1, 1, 1, 1, 1), mode="replicate").squeeze(0)
-    centre = p[:, 1:-1, 1:-1, 1:-1]
-    neighbours = (
-        p[:, :-2, 1:-1, 1:-1] + p[:, 2:, 1:-1, 1:-1]
-        + p[:, 1:-1, :-2, 1:-1] + p[:, 1:-1, 2:, 1:-1]
-        + p[:, 1:-1, 1:-1, :-2] + p[:, 1:-1, 1:-1, 2:]
-    )
-    return 6.0 * centre - neighbours
+    out = torch.zeros_like(x)
+    for dim in (1, 2, 3):
+        n = x.shape[dim]
+        if n < 2:
+            continue
+        edge = x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)
+        out.narrow(dim, 0, n - 1).sub_(edge)
+        out.narrow(dim, 1, n - 1).add_(edge)
+    return out
 
 
 @dataclass(frozen=True)

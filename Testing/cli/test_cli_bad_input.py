@@ -42,7 +42,7 @@ CASES = {
     "--set value of the wrong type": (["register", "{fixed}", "{moving}", "--set", "iterations=many"], "iterations"),
     "--set value outside its choices": (["register", "{fixed}", "{moving}", "--set", "intensity_normalisation=pet"],
                                         "intensity_normalisation"),
-    "setting out of range": (["register", "{fixed}", "{moving}", "--grid-stride", "99"], "grid_stride"),
+    "setting out of range": (["register", "{fixed}", "{moving}", "--grid-stride", "99"], "--grid-stride 99"),
     "unknown device": (["register", "{fixed}", "{moving}", "--device", "tpu"], "tpu"),
     "missing argument": (["register", "{fixed}"], "MOVING"),
     "batch CSV without moving column": (["batch", "{folder}/no_moving.csv"], "moving"),

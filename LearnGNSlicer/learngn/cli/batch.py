@@ -19,12 +19,11 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from ..errors import RegistrationCancelled
 from ..io import read_json
-from ..settings import RegistrationSettings, get_preset
 from .cancel import CancelOnSignal
 from .cohort import COLUMNS, Pair, read_pairs, select_shard, shard_type
 from .errors import EXIT_FAILURE, CommandFailed, classify
-from .options import OutputOptions, RegistrationOptions, add_output_options, add_settings_options, output_options, \
-    registration_options
+from .options import OutputOptions, RegistrationOptions, add_output_options, add_settings_options, \
+    check_segmentations, output_options, registration_options
 from .pipeline import SUMMARY_FILE, number, run_pair
 from .progress import Reporter, make_reporter
 from .provenance import KEY_ENTRY, key_changes, result_key
@@ -88,15 +87,14 @@ def _read_summary(path: Path) -> Optional[Dict[str, Any]]:
     return summary if isinstance(summary, dict) else None
 
 
-def _run_one(pair: Pair, outdir: Path, registration: RegistrationOptions, settings: RegistrationSettings,
-             output: OutputOptions, reporter: Reporter, cancel: CancelOnSignal, command: List[str],
-             position: str) -> Dict[str, Any]:
+def _run_one(pair: Pair, outdir: Path, registration: RegistrationOptions, output: OutputOptions,
+             reporter: Reporter, cancel: CancelOnSignal, command: List[str], position: str) -> Dict[str, Any]:
     folder = outdir / pair.id
     done = folder / SUMMARY_FILE
     if done.is_file() and not output.overwrite:
         summary = _read_summary(done)
         changes = key_changes((summary or {}).get(KEY_ENTRY),
-                              result_key(registration.preset, settings, pair.paths.resolved(), output))
+                              result_key(registration.preset, registration.settings, pair.paths.resolved(), output))
         if not changes:
             reporter.note(f"pair {position}: already done ({done}); skipped")
             return _row(pair, "skipped", summary)
@@ -106,6 +104,7 @@ def _run_one(pair: Pair, outdir: Path, registration: RegistrationOptions, settin
     _forget_failure(folder)
     reporter.note(f"pair {position} (line {pair.row}): {pair.paths.moving} -> {pair.paths.fixed}")
     try:
+        check_segmentations(registration, pair.paths.given(), lambda name: f"the {name} column")
         summary = run_pair(pair.paths, folder, registration, output, reporter, cancel, command)
     except (RegistrationCancelled, KeyboardInterrupt):
         raise
@@ -151,7 +150,6 @@ def _print_table(rows: List[Dict[str, Any]], stream: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     registration = registration_options(args)
-    settings = get_preset(registration.preset).settings.replace(**registration.overrides)
     output = output_options(args)
     pairs = select_shard(read_pairs(Path(args.pairs)), args.shard)
     outdir = Path(args.output).resolve()
@@ -163,8 +161,8 @@ def run(args: argparse.Namespace) -> int:
             for position, pair in enumerate(pairs, 1):
                 reporter.label = pair.id
                 try:
-                    rows.append(_run_one(pair, outdir, registration, settings, output, reporter, cancel,
-                                         args.command_line, f"{position} of {len(pairs)}"))
+                    rows.append(_run_one(pair, outdir, registration, output, reporter, cancel, args.command_line,
+                                         f"{position} of {len(pairs)}"))
                 except (RegistrationCancelled, KeyboardInterrupt):
                     rows.append(_row(pair, "cancelled"))
                     raise

@@ -10,10 +10,12 @@ import argparse
 import re
 import sys
 import typing
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Collection, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-from ..device import resolve_device
+from ..device import resolve_device, unusable_gpu
 from ..errors import InputError
 from ..models import read_card
 from ..settings import RegistrationSettings, get_preset, list_presets
@@ -56,13 +58,19 @@ SETTING_OPTIONS = (
 )
 
 
+SEGMENTATIONS = ("fixed_segmentation", "moving_segmentation")
+
+
 @dataclass
 class RegistrationOptions:
-    """What the shared options ask of the engine, validated."""
+    """What the shared options ask of the engine, validated; ``settings`` is the preset with the overrides,
+    ``notes`` what the user was warned about before the work (kept in the summary's warnings)."""
 
     preset: str
     device: str
     overrides: Dict[str, Any] = field(default_factory=dict)
+    settings: Optional[RegistrationSettings] = None
+    notes: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -170,7 +178,10 @@ def settings_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         value = getattr(args, f"setting_{option.name}", None)
         if value is not None:
             overrides[option.name] = value
+    known = [f.name for f in fields(RegistrationSettings)]
     for name, text in getattr(args, "settings", []):
+        if name not in known:
+            raise InputError(f"--set {name}={text}: there is no setting {name!r}; --set takes {', '.join(known)}")
         value = _convert(name, text)
         if name in overrides and overrides[name] != value:
             raise InputError(f"setting {name} is given twice with different values ({overrides[name]!r} and "
@@ -180,20 +191,88 @@ def settings_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def registration_options(args: argparse.Namespace) -> RegistrationOptions:
-    """The validated preset, device and overrides: bad settings fail here, before any image is read."""
+    """The validated preset, device and overrides: bad settings fail here, before any image is read.  A GPU
+    request that cannot be honoured is reported now (a warning line) and the CPU is used."""
     options = RegistrationOptions(args.preset, args.device, settings_overrides(args))
-    settings = get_preset(options.preset).settings.replace(**options.overrides)
-    for name, allowed in CHOICES.items():
-        if getattr(settings, name) not in allowed:
-            raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
-    if settings.model:
-        read_card(settings.model)  # a missing model fails now, not after the pre-alignment
+    with in_cli_terms():
+        options.settings = settings = get_preset(options.preset).settings.replace(**options.overrides)
+        for name, allowed in CHOICES.items():
+            if getattr(settings, name) not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
+        if settings.model:
+            read_card(settings.model)  # a missing model fails now, not after the pre-alignment
+    gpu_problem = unusable_gpu(options.device)
+    if gpu_problem:
+        warnings.warn(f"--device {options.device}: {gpu_problem}", RuntimeWarning, stacklevel=2)
+        options.notes.append(f"--device {options.device}: {gpu_problem}")
+        options.device = "cpu"
     if settings.solver == "cupy":
         try:
             resolve_backend("cupy", resolve_device(options.device))
         except ValueError as error:
-            raise InputError(str(error)) from None
+            raise InputError(f"--solver cupy: {error}") from None
     return options
+
+
+def check_segmentations(options: RegistrationOptions, given: Collection[str],
+                        name_of: Callable[[str], str] = lambda name: "--" + name.replace("_", "-")) -> None:
+    """Settings that compare segmentations (distance-map features) need both; ``name_of`` says how the user
+    gives one (a flag, a CSV column).  Checked before any image is read."""
+    settings = options.settings or get_preset(options.preset).settings.replace(**options.overrides)
+    missing = [name for name in SEGMENTATIONS if name not in given]
+    if "sdm" not in settings.features or not missing:
+        return
+    what = (f"the preset {options.preset!r}" if "sdm" in get_preset(options.preset).settings.features
+            else "the features setting 'sdm'")
+    raise InputError(f"{what} compares segmentations of both images (label maps, e.g. TotalSegmentator output), "
+                     f"and {' and '.join(name_of(n) for n in missing)} {'is' if len(missing) == 1 else 'are'} "
+                     f"missing: give {' and '.join(name_of(n) for n in SEGMENTATIONS)}, or choose a preset that "
+                     f"uses the images alone, such as --preset {DEFAULT_PRESET}")
+
+
+# -- engine messages in the command line's words ----------------------------------------------------------
+
+def cli_name(name: str) -> str:
+    """The command-line way to give a registration keyword: its option, or ``--set NAME``."""
+    from .pipeline import OPTIONAL_INPUTS  # the input files (pipeline imports this module)
+
+    for option in SETTING_OPTIONS:
+        if option.name == name:
+            return option.flags[0]
+    if name in OPTIONAL_INPUTS:
+        return "--" + name.replace("_", "-")
+    return f"--set {name}"
+
+
+def _keyword_pattern() -> "re.Pattern[str]":
+    """Keywords in engine messages: ``name=value`` for every setting and input, and bare names that cannot be
+    English words (those with an underscore)."""
+    from .pipeline import OPTIONAL_INPUTS
+
+    names = sorted({f.name for f in fields(RegistrationSettings)} | set(OPTIONAL_INPUTS), key=len, reverse=True)
+    return re.compile(r"(?<![\w./-])(?P<name>" + "|".join(names) + r")(?:=(?P<value>[^\s,;)]+))?(?![\w./=-])")
+
+
+def cli_terms(message: str) -> str:
+    """An engine message with its Python keywords replaced by command-line options (``iterations=0`` ->
+    ``--iterations 0``, ``fixed_segmentation`` -> ``--fixed-segmentation``)."""
+    def replace(match: "re.Match[str]") -> str:
+        name, value = match.group("name"), match.group("value")
+        if value is None:
+            return cli_name(name) if "_" in name else name
+        flag = cli_name(name)
+        return f"{flag}={value}" if flag.startswith("--set ") else f"{flag} {value}"
+
+    return _keyword_pattern().sub(replace, message)
+
+
+@contextmanager
+def in_cli_terms() -> Iterator[None]:
+    """Re-raise the engine's InputErrors inside the block with command-line options instead of keywords."""
+    try:
+        yield
+    except InputError as error:
+        raise type(error)(cli_terms(str(error))) from None
 
 
 def output_options(args: argparse.Namespace) -> OutputOptions:

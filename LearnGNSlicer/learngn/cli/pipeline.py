@@ -20,7 +20,7 @@ from ..progress import ProgressEvent
 from ..register import RegistrationResult, register
 from ..report import write_report
 from .cancel import CancelOnSignal
-from .options import OutputOptions, RegistrationOptions
+from .options import OutputOptions, RegistrationOptions, in_cli_terms
 from .progress import Reporter
 from .provenance import KEY_ENTRY, result_key
 from .staging import check_output_folder, staged_folder
@@ -143,12 +143,13 @@ def register_and_write(inputs: Inputs, outdir: Path, registration: RegistrationO
     before = sum(timings.values())
     started = time.perf_counter()
     images = inputs.images
-    result = register(images["fixed"], images["moving"], preset=registration.preset, device=registration.device,
-                      fixed_mask=images.get("fixed_mask"), moving_mask=images.get("moving_mask"),
-                      fixed_segmentation=images.get("fixed_segmentation"),
-                      moving_segmentation=images.get("moving_segmentation"),
-                      initial_transform=inputs.initial_transform, progress=reporter.progress, cancel=cancel,
-                      **registration.overrides)
+    with in_cli_terms():
+        result = register(images["fixed"], images["moving"], preset=registration.preset, device=registration.device,
+                          fixed_mask=images.get("fixed_mask"), moving_mask=images.get("moving_mask"),
+                          fixed_segmentation=images.get("fixed_segmentation"),
+                          moving_segmentation=images.get("moving_segmentation"),
+                          initial_transform=inputs.initial_transform, progress=reporter.progress, cancel=cancel,
+                          **registration.overrides)
     with staged_folder(outdir, output.overwrite) as folder:
         writing = time.perf_counter()
         _write_files(result, folder, output, reporter, cancel)
@@ -163,6 +164,7 @@ def register_and_write(inputs: Inputs, outdir: Path, registration: RegistrationO
         timings["wall"] = before + time.perf_counter() - started
         summary = _summary(result, inputs, outdir, output, timings, command)
         summary[KEY_ENTRY] = result_key(registration.preset, result.settings, inputs.paths, output)
+        summary["warnings"] = [*registration.notes, *summary.get("warnings", [])]
         summary.update(extras)
         cancel.check()
         write_json(summary, folder / SUMMARY_FILE)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..io import SUPPORTED_IMAGES, SUPPORTED_TRANSFORMS
 from .cancel import CancelOnSignal
-from .options import add_output_options, add_settings_options, output_options, registration_options
+from .options import add_output_options, add_settings_options, check_segmentations, output_options, \
+    registration_options
 from .pipeline import OPTIONAL_INPUTS, InputPaths, describe, run_pair
 from .progress import make_reporter
 
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     registration = registration_options(args)
     output = output_options(args)
     paths = InputPaths(args.fixed, args.moving, **{name: getattr(args, name) for name in OPTIONAL_INPUTS})
+    check_segmentations(registration, paths.given())
     reporter = make_reporter(args.progress)
     try:
         with CancelOnSignal() as cancel:
