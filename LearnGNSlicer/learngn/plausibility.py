@@ -118,8 +118,11 @@ class Finding:
 
     def message(self) -> str:
         if self.verdict == "error":
-            return f"implausible registration: {self.problem}. {self.remedy}; {OVERRIDE_HINT}"
-        return f"suspicious registration: {self.problem}. {self.remedy}"
+            return f"implausible registration: {self.problem}. {self._remedy()}; {OVERRIDE_HINT}"
+        return f"suspicious registration: {self.problem}. {self._remedy()}"
+
+    def _remedy(self) -> str:
+        return self.remedy[:1].upper() + self.remedy[1:]
 
 
 @dataclass
