@@ -23,6 +23,7 @@ from .geometry import displacement_transform, working_grid, working_spacing
 from .models import load_model
 from .predictors import GaussNewtonPredictors, refined
 from .output import compose_on_device, output_images, quality_figures
+from .plausibility import check_pairing, check_result
 from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
 from .sampling import label_array, ones_on_grid, resample_on_device
@@ -247,6 +248,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
                              initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
                              should_stop=tracker.cancel_requested, device=torch_device)
         tracker.update(1.0, "pre-alignment done")  # honours a cancel that arrived during the affine fit
+        pairing = check_pairing(inputs.fixed_normalised, inputs.moving_normalised, transform, inputs.fixed_mask,
+                                inputs.moving_mask)  # before the long work: raises on a nonsense pairing
         budget = settings.max_working_voxels or default_working_voxels(torch_device)
         grid = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))
         _check_overlap(inputs, grid, transform)
@@ -264,6 +267,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         (images, metrics), _ = _falling_back_to_cpu(output_stage, torch_device, "output stage")
         metrics.update(residuals)
         metrics["working_spacing_mm"] = float(grid.GetSpacing()[0])
+        check_result(pairing, displacement, grid, transform, metrics)
         tracker.finish()
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
