@@ -32,7 +32,7 @@ from LearnGNSlicerLib.logic import RegistrationLogic
 from LearnGNSlicerLib.presets import available_presets
 from LearnGNSlicerLib.resources import optional_resource_path, resource_path
 from LearnGNSlicerLib.settings import DEFAULT_PRESET, Device, Prealign, optional_positive
-from LearnGNSlicerLib.ui_state import ProcessingState, apply_button, inputs_editable, stage_label
+from LearnGNSlicerLib.ui_state import ProcessingState, apply_button, finished_status, inputs_editable, stage_label
 
 
 #
@@ -250,7 +250,7 @@ class LearnGNSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lines.append(_("Output: transform '{transform}', volume '{volume}'.").format(
                 transform=job.result.transform_node.GetName(), volume=job.result.warped_node.GetName()))
             self.ui.resultLabel.text = "\n".join(lines)
-            self.ui.statusLabel.text = stage_label("done")
+            self.ui.statusLabel.text = finished_status(job.result.messages)
             self._updateGUI()
         elif job.state == JobState.CANCELLED:
             self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")

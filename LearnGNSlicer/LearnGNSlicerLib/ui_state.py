@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Sequence
 
 from .i18n import tr as _
 
@@ -58,3 +59,11 @@ def stage_label(stage: str) -> str:
         "done": _("Done"),
     }
     return labels.get(stage, stage)
+
+
+def finished_status(warnings: Sequence[str]) -> str:
+    """The status line after a successful run: 'Done', or the warnings (a suspicious pairing or result, say)
+    after it, so that they are seen where the user looks for the outcome."""
+    if not warnings:
+        return stage_label("done")
+    return _("Done, with warnings: {warnings}").format(warnings=" | ".join(warnings))

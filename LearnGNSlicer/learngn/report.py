@@ -7,8 +7,9 @@ Drawn with matplotlib's Agg canvas directly, so no GUI backend and no global pyp
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,6 +19,8 @@ from .quality import jacobian_determinant
 #: Colour of voxels with a non-positive Jacobian determinant (folding) in the Jacobian panel.
 FOLDING_COLOUR = "lime"
 CHECKER_BLOCKS = 8
+#: Colour of the title when the registration gave warnings (plausibility checks, fallbacks).
+WARNING_COLOUR = "firebrick"
 
 
 def _window(image: sitk.Image) -> Tuple[float, float]:
@@ -53,9 +56,18 @@ def _checkerboard(a: np.ndarray, b: np.ndarray, pixel_mm: Tuple[float, float]) -
     return np.where(use_a, a, b)
 
 
+def report_title(title: str, warnings: Sequence[str] = (), width: int = 150) -> str:
+    """The title, then each warning of the registration wrapped to ``width`` characters."""
+    lines = [title] if title else []
+    for warning in warnings:
+        lines += textwrap.wrap(f"WARNING: {warning}", width)
+    return "\n".join(lines)
+
+
 def write_report(path: Union[str, Path], fixed: sitk.Image, moving_on_fixed: sitk.Image, warped: sitk.Image,
-                 displacement: sitk.Image, title: str = "") -> None:
-    """Save the report PNG; all images must be on the fixed grid."""
+                 displacement: sitk.Image, title: str = "", warnings: Sequence[str] = ()) -> None:
+    """Save the report PNG; all images must be on the fixed grid.  ``warnings`` (the result's) go under the
+    title, which is then drawn in WARNING_COLOUR."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -99,6 +111,6 @@ def write_report(path: Union[str, Path], fixed: sitk.Image, moving_on_fixed: sit
                 ax.set_title(name, fontsize=10)
             if col == 0:
                 ax.set_ylabel(row_names[row], fontsize=10)
-    if title:
-        figure.suptitle(title, fontsize=11)
+    if title or warnings:
+        figure.suptitle(report_title(title, warnings), fontsize=11, color=WARNING_COLOUR if warnings else "black")
     figure.savefig(str(path), dpi=90)

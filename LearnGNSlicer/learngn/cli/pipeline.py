@@ -109,7 +109,7 @@ def _draw_report(result: RegistrationResult, inputs: Inputs, folder: Path) -> No
              f"negative Jacobian {number(metrics.get('negative_jacobian_percent'), '.2f')}%   "
              f"preset {result.preset}   {result.device}   {result.timings['total']:.1f} s")
     write_report(folder / REPORT_FILE, fixed, resample(moving, fixed, None, default_value=background),
-                 result.warped, result.displacement, title)
+                 result.warped, result.displacement, title, warnings=result.warnings)
 
 
 def _summary(result: RegistrationResult, inputs: Inputs, outdir: Path, output: OutputOptions,
