@@ -29,6 +29,9 @@ CONVERGED = 1e-3
 #: bounds the cost of a step whatever the scan's size.
 MAX_POINTS = 20_000
 SUBSET_SEED = 20220706
+#: Called with the share of the fit done (0 to 1) and a message.
+FitProgress = Callable[[float, str], None]
+
 #: Levenberg-Marquardt damping: start, the factor by which a rejected step raises it, and the value at
 #: which the steps have become too short to matter (the level has converged).
 DAMPING_START, DAMPING_FACTOR, DAMPING_STOP = 1e-3, 10.0, 10.0
@@ -148,22 +151,30 @@ class _Fit:
 
 def fit(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform, initial: np.ndarray,
         device: torch.device, *, fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
-        should_stop: Optional[Callable[[], bool]] = None) -> Tuple[sitk.AffineTransform, float, float]:
+        should_stop: Optional[Callable[[], bool]] = None, progress: Optional[FitProgress] = None
+        ) -> Tuple[sitk.AffineTransform, float, float]:
     """The fitted affine, with the cost of ``start`` and of the fit at the finest level (to judge the gain).
 
     ``start`` maps fixed points before the linear ``initial`` (a 4x4 matrix on LPS points) is applied.
-    ``should_stop`` is asked at every step; when it says yes the fit returns at once.
+    ``should_stop`` is asked at every step; when it says yes the fit returns at once.  ``progress`` hears
+    of every level and step (each level takes an equal share; a level that converges early jumps ahead).
     """
     solution = _Fit(start, initial, device)
     start_parameters = solution.parameters.clone()
     level = None
     with torch.no_grad():
-        for spacing in PYRAMID_SPACINGS_MM:
+        for index, spacing in enumerate(PYRAMID_SPACINGS_MM):
+            def report(step: int, message: str, index: int = index) -> None:
+                if progress is not None:
+                    progress((index + step / STEPS_PER_LEVEL) / len(PYRAMID_SPACINGS_MM), message)
+
+            report(0, f"affine fit: descriptors at {spacing:g} mm")
             level = _level(fixed, moving, fixed_mask, moving_mask, spacing, device)
             damping, state = DAMPING_START, solution.residuals(level, solution.parameters)
-            for _ in range(STEPS_PER_LEVEL):
+            for step in range(STEPS_PER_LEVEL):
                 if should_stop is not None and should_stop():
                     return solution.transform(), float("nan"), float("nan")
+                report(step, f"affine fit at {spacing:g} mm, step {step + 1}")
                 candidate = solution.parameters + solution.step(level, state, damping)
                 candidate_state = solution.residuals(level, candidate)
                 if candidate_state.cost < state.cost:

@@ -43,8 +43,8 @@ def voxel_field_to_physical(displacement: torch.Tensor, reference: sitk.Image) -
 
 
 def voxel_field_to_image(displacement: torch.Tensor, reference: sitk.Image) -> sitk.Image:
-    """A displacement in working voxels ``(1, 3, z, y, x)`` as an LPS millimetre field on ``reference``."""
-    return field_image(voxel_field_to_physical(displacement.detach().double(), reference), reference)
+    """A displacement in working voxels ``(1, 3, z, y, x)`` as an LPS millimetre field (float32) on ``reference``."""
+    return field_image(voxel_field_to_physical(displacement.detach().float(), reference), reference)
 
 
 def image_field_to_voxels(field: sitk.Image, device: torch.device) -> torch.Tensor:

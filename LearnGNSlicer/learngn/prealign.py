@@ -13,13 +13,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .affine import PYRAMID_SPACINGS_MM, fit
+from .affine import PYRAMID_SPACINGS_MM, FitProgress, fit
 from .sampling import linear_matrix, ones_on_grid
 
 LOGGER = logging.getLogger(__name__)
 
 #: An affine whose determinant leaves this range is a failed fit rather than anatomy.
 PLAUSIBLE_DETERMINANT = (0.5, 2.0)
+#: Share of the pre-alignment's progress before the affine fit starts (block averages, centre of mass).
+FIT_START = 0.05
 #: Relative metric gain below which the affine fit is not worth its risk (identical images, say).
 MIN_IMPROVEMENT = 0.01
 
@@ -63,7 +65,8 @@ def centre_translation(fixed_weights: sitk.Image, moving_weights: sitk.Image,
 def fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform,
                initial: Optional[sitk.Transform], fixed_mask: Optional[sitk.Image],
                moving_mask: Optional[sitk.Image], device: torch.device,
-               should_stop: Optional[Callable[[], bool]] = None) -> sitk.AffineTransform:
+               should_stop: Optional[Callable[[], bool]] = None,
+               progress: Optional[FitProgress] = None) -> sitk.AffineTransform:
     """The Gauss-Newton MIND affine (learngn.affine) from ``start``, or ``start`` where it gains nothing.
 
     A dense ``initial`` transform is applied by resampling the moving image through it once, onto a grid
@@ -78,7 +81,7 @@ def fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransfor
         moving, moving_mask = _through(initial, moving, fixed), _through(initial, covered, fixed)
         initial_matrix = np.eye(4)
     affine, start_cost, end_cost = fit(fixed, moving, start, initial_matrix, device, fixed_mask=fixed_mask,
-                                       moving_mask=moving_mask, should_stop=should_stop)
+                                       moving_mask=moving_mask, should_stop=should_stop, progress=progress)
     LOGGER.info("affine: MIND cost %.5f -> %.5f", start_cost, end_cost)
     # Keep the start where the fit does not clearly improve the cost (identical images, say): the optimum
     # can wander by a fraction of a voxel without being better.
@@ -118,23 +121,28 @@ def block_average(image: sitk.Image, mask: Optional[sitk.Image] = None,
 
 def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str, *, initial: Optional[sitk.Transform] = None,
              fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
-             should_stop: Optional[Callable[[], bool]] = None, device: torch.device = torch.device("cpu")
-             ) -> Optional[sitk.Transform]:
+             should_stop: Optional[Callable[[], bool]] = None, device: torch.device = torch.device("cpu"),
+             progress: Optional[FitProgress] = None) -> Optional[sitk.Transform]:
     """Fixed-to-moving transform after pre-alignment (``mode``: affine, com or none), ``initial`` included.
 
     ``fixed`` and ``moving`` are non-negative images (normalised intensities), whose mass locates the
-    anatomy; masks, where given, restrict both the centre of mass and the affine metric.
+    anatomy; masks, where given, restrict both the centre of mass and the affine metric.  ``progress``
+    hears of each step with the share of the pre-alignment done (0 to 1) and a message.
     """
     if mode == "none":
         return initial
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "block averaging the scans")
     fixed, fixed_mask = block_average(fixed, fixed_mask)
     moving, moving_mask = block_average(moving, moving_mask)
     fixed_weights = fixed if fixed_mask is None else sitk.Mask(fixed, fixed_mask)
     moving_weights = moving if moving_mask is None else sitk.Mask(moving, moving_mask)
+    report(FIT_START, "centre of mass")
     start = centre_translation(fixed_weights, moving_weights, initial)
     if mode == "com":
         return _with_initial(initial, start)
-    affine = fit_affine(fixed, moving, start, initial, fixed_mask, moving_mask, device, should_stop)
+    affine = fit_affine(fixed, moving, start, initial, fixed_mask, moving_mask, device, should_stop,
+                        lambda fraction, message: report(FIT_START + (1.0 - FIT_START) * fraction, message))
     if should_stop is not None and should_stop():
         return _with_initial(initial, start)  # cancelled: the caller raises; a partial fit is never used
     determinant = float(np.linalg.det(np.array(affine.GetMatrix()).reshape(3, 3)))

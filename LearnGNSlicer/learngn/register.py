@@ -19,14 +19,14 @@ from .device import default_working_voxels, describe, is_out_of_memory, resolve_
 from .errors import InputError
 from .features import intensity_window, mind_ssc, signed_distance_maps, union_labels
 from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
-from .geometry import displacement_transform, working_grid, working_spacing
+from .geometry import working_grid, working_spacing
 from .models import load_model
 from .predictors import GaussNewtonPredictors, refined
-from .output import compose_on_device, output_images, quality_figures
+from .output import CompactTransform, output_stage
 from .plausibility import check_pairing, check_result
 from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
-from .sampling import label_array, ones_on_grid, resample_on_device
+from .sampling import label_array, ones_on_grid, resample_on_device, voxel_sample
 from .settings import RegistrationSettings, get_preset
 from .solver import SolverOptions, resolve_backend
 from .validation import check_image, check_label_image
@@ -39,7 +39,7 @@ MIN_OVERLAP = 0.05
 class RegistrationResult:
     """What a registration returns; see docs/ENGINE_API.md for the conventions."""
 
-    displacement: sitk.Image
+    compact: CompactTransform       # the pre-alignment and the working-grid field, as computed
     warped: sitk.Image
     prealignment: Optional[sitk.Transform]
     metrics: Dict[str, float]
@@ -49,9 +49,15 @@ class RegistrationResult:
     settings: RegistrationSettings
     warnings: List[str] = field(default_factory=list)
 
-    def transform(self) -> sitk.DisplacementFieldTransform:
-        """The result as a transform mapping fixed points to moving points."""
-        return displacement_transform(self.displacement)
+    @property
+    def displacement(self) -> sitk.Image:
+        """The field on the full fixed grid (float32), computed from the compact result when first asked for."""
+        return self.compact.dense()
+
+    def transform(self) -> sitk.CompositeTransform:
+        """The result as a transform mapping fixed points to moving points: the working-grid field, then
+        the pre-alignment (an ITK composite transform, what transform.h5 holds)."""
+        return self.compact.transform()
 
     def to_summary(self) -> Dict[str, Any]:
         return {
@@ -91,8 +97,7 @@ def _as_mask(image: Optional[sitk.Image], reference: sitk.Image) -> Optional[sit
 
 
 def _normalised(image: sitk.Image, array: np.ndarray, mask: Optional[np.ndarray], how: str) -> sitk.Image:
-    values = array[mask > 0] if mask is not None else array
-    low, high = intensity_window(values, how)
+    low, high = intensity_window(voxel_sample(array, mask), how)
     return sitk.IntensityWindowing(sitk.Cast(image, sitk.sitkFloat32), low, high, 0.0, 1.0)
 
 
@@ -243,28 +248,35 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         inputs = _check_inputs(fixed, moving, fixed_mask, moving_mask, fixed_segmentation, moving_segmentation,
                                settings)
         torch_device = resolve_device(device)
-        tracker.start("prealign", f"pre-alignment: {settings.prealign}")
-        transform = prealign(inputs.fixed_normalised, inputs.moving_normalised, settings.prealign,
-                             initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
-                             should_stop=tracker.cancel_requested, device=torch_device)
+
+        def prealigned(on: torch.device) -> Optional[sitk.Transform]:
+            tracker.start("prealign", f"pre-alignment: {settings.prealign} on {on}")
+            return prealign(inputs.fixed_normalised, inputs.moving_normalised, settings.prealign,
+                            initial=initial_transform, fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
+                            should_stop=tracker.cancel_requested, device=on, progress=tracker.update)
+
+        transform, torch_device = _falling_back_to_cpu(prealigned, torch_device, "pre-alignment")
         tracker.update(1.0, "pre-alignment done")  # honours a cancel that arrived during the affine fit
         pairing = check_pairing(inputs.fixed_normalised, inputs.moving_normalised, transform, inputs.fixed_mask,
                                 inputs.moving_mask)  # before the long work: raises on a nonsense pairing
-        budget = settings.max_working_voxels or default_working_voxels(torch_device)
-        grid = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))
-        _check_overlap(inputs, grid, transform)
-        (displacement, residuals), torch_device = _falling_back_to_cpu(
-            lambda on: _deformable(inputs, grid, transform, settings, on, tracker), torch_device, "registration")
 
-        def output_stage(on: torch.device) -> Tuple[Any, Dict[str, float]]:
+        def deformable(on: torch.device) -> Tuple[sitk.Image, Tuple[torch.Tensor, Dict[str, float]]]:
+            # planned for the device it runs on: a CPU fallback gets the CPU's voxel budget, not the GPU's
+            budget = settings.max_working_voxels or default_working_voxels(on)
+            planned = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))
+            _check_overlap(inputs, planned, transform)
+            return planned, _deformable(inputs, planned, transform, settings, on, tracker)
+
+        (grid, (displacement, residuals)), torch_device = _falling_back_to_cpu(deformable, torch_device,
+                                                                               "registration")
+
+        def outputs_on(on: torch.device) -> Tuple[CompactTransform, sitk.Image, Dict[str, float]]:
             tracker.start("output", f"composing the displacement field and warping on {on}")
-            composed = compose_on_device(transform, displacement.to(on), grid, fixed)
-            images, warped = output_images(moving, composed)
-            tracker.update(0.5, "quality figures")
-            return images, quality_figures(fixed, moving, composed, warped, transform, inputs.fixed_mask,
-                                           inputs.fixed_segmentation, inputs.moving_segmentation, inputs.labels)
+            return output_stage(fixed, moving, transform, displacement.to(on), grid, inputs.fixed_mask,
+                                inputs.fixed_segmentation, inputs.moving_segmentation, inputs.labels,
+                                progress=tracker.update)
 
-        (images, metrics), _ = _falling_back_to_cpu(output_stage, torch_device, "output stage")
+        (compact, warped, metrics), _ = _falling_back_to_cpu(outputs_on, torch_device, "output stage")
         metrics.update(residuals)
         metrics["working_spacing_mm"] = float(grid.GetSpacing()[0])
         check_result(pairing, displacement, grid, transform, metrics)
@@ -273,6 +285,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     timings = dict(tracker.timings)
     timings["total"] = sum(timings.values())
-    return RegistrationResult(displacement=images.displacement, warped=images.warped, prealignment=transform,
+    return RegistrationResult(compact=compact, warped=warped, prealignment=transform,
                               metrics=metrics, timings=timings, device=describe(torch_device), preset=preset,
                               settings=settings, warnings=[str(w.message) for w in caught])

@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .sampling import voxel_sample
 
 MIN_SIZE = 8
 #: An "intensity" image with at most this many distinct integer values is probably a label map.
@@ -32,22 +33,37 @@ def _require_3d_scalar(image: object, name: str) -> sitk.Image:
 
 
 def check_image(image: object, name: str) -> np.ndarray:
-    """Validate an intensity image and return its voxels as an array."""
+    """Validate an intensity image and return its voxels as an array (a view, not a copy).
+
+    The checks that need every voxel (NaN, constant) cost one pass of ``min`` and ``max``; the guess that the
+    image is a label map looks at a regular sample of the voxels (:func:`learngn.sampling.voxel_sample`).
+    """
     image = _require_3d_scalar(image, name)
-    array = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise InputError(f"{name} contains {int((~finite).sum())} NaN or infinite voxels; replace them "
+    array = np.asarray(sitk.GetArrayViewFromImage(image))
+    low, high = array.min(), array.max()  # NaN propagates through both, infinities show as extremes
+    if not (np.isfinite(low) and np.isfinite(high)):
+        count = int((~np.isfinite(array)).sum())
+        raise InputError(f"{name} contains {count} NaN or infinite voxels; replace them "
                          "(for example with numpy.nan_to_num) before registering")
-    low, high = float(array.min()), float(array.max())
+    low, high = float(low), float(high)
     if low == high:
         raise InputError(f"{name} is constant (every voxel is {low}); there is nothing to register - "
                          "check that the right volume was selected")
-    if np.array_equal(array, np.round(array)) and np.unique(array).size <= LABEL_LIKE_VALUES:
-        warnings.warn(f"{name} holds only {np.unique(array).size} distinct integer values and looks like a "
-                      "label map; if it is a segmentation, pass it as a segmentation (the distance-map "
-                      "setting) rather than as the image", RuntimeWarning, stacklevel=3)
-    return np.asarray(array)
+    sample = voxel_sample(array)
+    if _integer_valued(sample):
+        distinct = np.unique(sample).size
+        if distinct <= LABEL_LIKE_VALUES:
+            warnings.warn(f"{name} holds only {distinct} distinct integer values and looks like a label map; if "
+                          "it is a segmentation, pass it as a segmentation (the distance-map setting) rather "
+                          "than as the image", RuntimeWarning, stacklevel=3)
+    return array
+
+
+def _integer_valued(values: np.ndarray) -> bool:
+    """Whether every value is an integer (trivially so for an integer array)."""
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == bool:
+        return True
+    return bool(np.all(np.isfinite(values))) and bool(np.array_equal(values, np.round(values)))
 
 
 def check_label_image(image: Optional[object], name: str, *, allow_single: bool = True) -> Optional[np.ndarray]:
@@ -56,10 +72,10 @@ def check_label_image(image: Optional[object], name: str, *, allow_single: bool 
         return None
     image = _require_3d_scalar(image, name)
     array = np.asarray(sitk.GetArrayViewFromImage(image))
-    if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+    if not _integer_valued(array):
         raise InputError(f"{name} has non-integer values, so it is an intensity image rather than a label "
                          "map; pass a segmentation (integer labels, 0 = background)")
     if not array.any():
         raise InputError(f"{name} is empty (no non-zero voxel); give a mask or segmentation that covers the "
                          "anatomy, or leave it out")
-    return array.astype(np.int32)
+    return array if array.dtype == np.int32 else array.astype(np.int32)
