@@ -5,7 +5,8 @@ the same call gives the same images.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -109,16 +110,47 @@ def warp_image(image: sitk.Image, displacement: sitk.Image, interpolator: int = 
     return sitk.Resample(image, displacement, transform, interpolator, default_value, image.GetPixelID())
 
 
+@dataclass(frozen=True)
+class Motion:
+    """A global motion on top of the smooth deformation: a rotation about the superior axis and an isotropic
+    scaling, both about the centre of the field of view, then a translation (LPS mm)."""
+
+    translation_mm: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    rotation_deg: float = 0.0
+    scale: float = 1.0
+
+    def matrix(self) -> np.ndarray:
+        angle = np.deg2rad(self.rotation_deg)
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
+                             [0.0, 0.0, 1.0]])
+        return self.scale * rotation
+
+
+def with_motion(smooth: sitk.Image, motion: Motion) -> sitk.Image:
+    """The displacement of ``x -> A(x + s(x))`` (the smooth field ``s`` first, then the motion ``A``) on the
+    grid of ``smooth``, in the resampling convention: ``d(x) = A(x + s(x)) - x``."""
+    points = _physical_grid(smooth).transpose(1, 2, 3, 0)  # (z, y, x, 3) LPS
+    centre = np.array(smooth.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in smooth.GetSize()]))
+    moved = (points + sitk.GetArrayFromImage(smooth) - centre) @ motion.matrix().T + centre
+    image = sitk.GetImageFromArray(moved + np.array(motion.translation_mm) - points, isVector=True)
+    image.CopyInformation(smooth)
+    return image
+
+
 def sample_pair(size: Tuple[int, int, int] = (96, 80, 96), spacing: float = 3.0, max_mm: float = 12.0,
-                seed: int = 0):
+                seed: int = 0, motion: Optional[Motion] = None):
     """A fixed phantom, a moving phantom deformed by a known field, their labels, and the field.
 
-    The returned field maps fixed points to moving points (``moving(x + d(x))`` is the fixed anatomy),
-    which is what a registration of moving to fixed should recover.
+    The field is smooth with at most ``max_mm`` of displacement, followed by ``motion`` when given (a global
+    rotation, scaling and translation, as between two scans of one patient).  It maps fixed points to moving
+    points (``moving(x + d(x))`` is the fixed anatomy), which is what a registration of moving to fixed
+    should recover.
     """
     fixed_labels = phantom_labels(phantom_geometry(size, spacing), seed=seed)
     fixed = phantom_ct(fixed_labels, seed=seed, noise_hu=0.0)
     truth = random_smooth_displacement(fixed, max_mm, seed=seed + 1)
+    if motion is not None:
+        truth = with_motion(truth, motion)
     inverse = sitk.InvertDisplacementField(sitk.Image(truth), maximumNumberOfIterations=20,
                                            enforceBoundaryCondition=False)
     moving_labels = warp_image(fixed_labels, inverse, sitk.sitkNearestNeighbor)

@@ -2,7 +2,8 @@
 
 Rows are the axial, coronal and sagittal mid slices of the fixed grid (reoriented to LPS, drawn with
 their physical aspect ratio); columns are fixed, moving before registration (resampled onto the fixed
-grid), warped, a fixed/warped checkerboard and the Jacobian determinant (folding shows in green).
+grid), warped, the difference fixed - moving before and after registration, a fixed/warped checkerboard and
+the Jacobian determinant (folding shows in green).
 Drawn with matplotlib's Agg canvas directly, so no GUI backend and no global pyplot state is touched.
 """
 from __future__ import annotations
@@ -19,6 +20,11 @@ from .quality import jacobian_determinant
 #: Colour of voxels with a non-positive Jacobian determinant (folding) in the Jacobian panel.
 FOLDING_COLOUR = "lime"
 CHECKER_BLOCKS = 8
+#: Columns of the difference images, fixed minus moving before and after registration (grey levels in the fixed
+#: image's window, so 0 is a perfect match of a same-modality pair), shown within +-DIFFERENCE_RANGE.
+DIFFERENCE_BEFORE = "difference before"
+DIFFERENCE_AFTER = "difference after"
+DIFFERENCE_RANGE = 0.5
 #: Colour of the title when the registration gave warnings (plausibility checks, fallbacks).
 WARNING_COLOUR = "firebrick"
 
@@ -64,6 +70,11 @@ def report_title(title: str, warnings: Sequence[str] = (), width: int = 150) -> 
     return "\n".join(lines)
 
 
+def differences(fixed: List[np.ndarray], moving: List[np.ndarray]) -> List[np.ndarray]:
+    """Slice by slice, fixed minus moving (both in [0, 1] grey levels of the same window)."""
+    return [f - m for f, m in zip(fixed, moving)]
+
+
 def write_report(path: Union[str, Path], fixed: sitk.Image, moving_on_fixed: sitk.Image, warped: sitk.Image,
                  displacement: sitk.Image, title: str = "", warnings: Sequence[str] = ()) -> None:
     """Save the report PNG; all images must be on the fixed grid.  ``warnings`` (the result's) go under the
@@ -80,6 +91,8 @@ def write_report(path: Union[str, Path], fixed: sitk.Image, moving_on_fixed: sit
         "fixed": _slices(_scaled(fixed, fixed_window)),
         "moving (before)": _slices(_scaled(moving_on_fixed, moving_window)),
         "warped": _slices(_scaled(warped, moving_window)),
+        DIFFERENCE_BEFORE: None,
+        DIFFERENCE_AFTER: None,
         "checkerboard fixed/warped": None,
         "Jacobian determinant": _slices(sitk.GetArrayFromImage(sitk.DICOMOrient(jacobian, "LPS"))),
     }
@@ -87,6 +100,8 @@ def write_report(path: Union[str, Path], fixed: sitk.Image, moving_on_fixed: sit
     pixel_mm = [(spacing[1], spacing[0]), (spacing[2], spacing[0]), (spacing[2], spacing[1])]
     columns["checkerboard fixed/warped"] = [
         _checkerboard(f, w, mm) for f, w, mm in zip(columns["fixed"], columns["warped"], pixel_mm)]
+    columns[DIFFERENCE_BEFORE] = differences(columns["fixed"], _slices(_scaled(moving_on_fixed, fixed_window)))
+    columns[DIFFERENCE_AFTER] = differences(columns["fixed"], _slices(_scaled(warped, fixed_window)))
 
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(under=FOLDING_COLOUR)
     figure = Figure(figsize=(3.2 * len(columns), 3.0 * 3 + 0.6), layout="constrained")
@@ -102,6 +117,12 @@ def write_report(path: Union[str, Path], fixed: sitk.Image, moving_on_fixed: sit
                 if row == 0:
                     figure.colorbar(shown, ax=[axes[r][col] for r in range(3)], shrink=0.6, extend="both",
                                     label=f"det J ({FOLDING_COLOUR}: folding)")
+            elif name in (DIFFERENCE_BEFORE, DIFFERENCE_AFTER):
+                shown = ax.imshow(slice_, cmap="PuOr_r", vmin=-DIFFERENCE_RANGE, vmax=DIFFERENCE_RANGE,
+                                  aspect=aspect, origin=origin, interpolation="nearest")
+                if row == 0 and name == DIFFERENCE_AFTER:
+                    figure.colorbar(shown, ax=[axes[r][c] for r in range(3) for c in (col - 1, col)], shrink=0.6,
+                                    extend="both", label="fixed - moving (in the fixed window)")
             else:
                 ax.imshow(slice_, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, origin=origin,
                           interpolation="nearest")

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io import write_displacement, write_image
-from ..phantom import sample_pair
+from ..phantom import Motion, sample_pair
 from ..progress import ProgressEvent
 from ..register import RegistrationResult
 from .cancel import CancelOnSignal
@@ -24,10 +24,12 @@ from .progress import make_reporter
 from .staging import check_output_folder
 
 DEFAULT_OUTDIR = "learngn-demo"
-#: Sample grid: a 288 x 252 x 288 mm field of view at 4.5 mm, deformed by up to 12 mm.
+#: Sample grid: a 288 x 252 x 288 mm field of view at 4.5 mm, deformed by up to 12 mm and moved as between two
+#: scans (8 degrees, 6% larger, shifted by 21 mm), so that the images differ visibly before registration.
 SIZE = (64, 56, 64)
 SPACING_MM = 4.5
 MAX_DISPLACEMENT_MM = 12.0
+MOTION = Motion(translation_mm=(12.0, -9.0, 15.0), rotation_deg=8.0, scale=1.06)
 INPUT_FILES = {"fixed": "fixed.nii.gz", "moving": "moving.nii.gz", "fixed_segmentation": "fixed_labels.nii.gz",
                "moving_segmentation": "moving_labels.nii.gz"}
 TRUTH_FILE = "true_displacement.nii.gz"
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             reporter.progress(ProgressEvent("prepare", 0.0, "generating the sample pair (phantom CT, known field)"))
             started = time.perf_counter()
             fixed, moving, fixed_labels, moving_labels, truth = sample_pair(SIZE, SPACING_MM, MAX_DISPLACEMENT_MM,
-                                                                            seed=args.seed)
+                                                                            seed=args.seed, motion=MOTION)
             timings = {"generate": time.perf_counter() - started}
             images = {"fixed": fixed, "moving": moving, "fixed_segmentation": fixed_labels,
                       "moving_segmentation": moving_labels}
