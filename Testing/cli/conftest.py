@@ -39,6 +39,6 @@ def registered(images, tmp_path_factory):
     outdir = tmp_path_factory.mktemp("register") / "result"
     run = learngn("register", images["fixed"], images["moving"], "-o", outdir,
                   "--fixed-segmentation", images["fixed_labels"], "--moving-segmentation", images["moving_labels"],
-                  "--device", "cpu", "--progress", "jsonl")
+                  "--device", "cpu", "--progress", "jsonl", "--field-format", "nifti")
     assert run.returncode == 0, run.stderr
     return outdir, run

@@ -23,8 +23,12 @@ from ..solver import resolve_backend
 from .progress import MODES
 
 DEFAULT_PRESET = "generic"
-FIELD_FORMATS = {"nifti": ("displacement.nii.gz",), "nrrd": ("displacement.nrrd",),
-                 "both": ("displacement.nii.gz", "displacement.nrrd")}
+#: Displacement field files on request (transform.h5 always holds the result): the field on the full fixed
+#: grid, or ``working-grid``: the whole displacement on the working grid, uncompressed float32 NRRD, exact
+#: under linear interpolation (what the Slicer module reads).
+WORKING_GRID_FIELD = "displacement_working_grid.nrrd"
+FIELD_FORMATS = {"none": (), "nifti": ("displacement.nii.gz",), "nrrd": ("displacement.nrrd",),
+                 "both": ("displacement.nii.gz", "displacement.nrrd"), "working-grid": (WORKING_GRID_FIELD,)}
 _DEVICE = re.compile(r"^(auto|cpu|gpu|cuda(:\d+)?)$", re.IGNORECASE)
 #: Settings with a fixed set of values, checked before any image is read (also when given with --set).
 CHOICES = {"prealign": ("affine", "com", "none"), "solver": ("auto", "torch", "cupy"),
@@ -76,8 +80,9 @@ class RegistrationOptions:
 @dataclass
 class OutputOptions:
     overwrite: bool = False
-    field_files: Tuple[str, ...] = ("displacement.nii.gz",)
+    field_files: Tuple[str, ...] = ()
     report: bool = True
+    compress: bool = True
 
 
 # -- argument types ---------------------------------------------------------------------------------------
@@ -160,9 +165,14 @@ def add_output_options(parser: argparse.ArgumentParser, *, output_default: Optio
                            help=f"{output_help} (default {output_default})")
     group.add_argument("--overwrite", action="store_true",
                        help="replace existing results (they are replaced only once the new ones are complete)")
-    group.add_argument("--field-format", choices=list(FIELD_FORMATS), default="nifti",
-                       help="displacement field file: displacement.nii.gz (nifti, default), displacement.nrrd "
-                            "(nrrd, header states the convention for 3D Slicer) or both")
+    group.add_argument("--field-format", choices=list(FIELD_FORMATS), default="none",
+                       help="a displacement field file beside transform.h5: none (default), the field on the "
+                            "fixed grid as displacement.nii.gz (nifti), displacement.nrrd (nrrd, header states "
+                            f"the convention for 3D Slicer) or both, or {WORKING_GRID_FIELD} (working-grid: "
+                            "the field on the working grid, exact under linear interpolation)")
+    group.add_argument("--uncompressed", dest="compress", action="store_false",
+                       help="write images without compression (warped.nii instead of warped.nii.gz): larger "
+                            "files, written and read faster (the Slicer module's worker uses it)")
     group.add_argument("--no-report", dest="report", action="store_false", help="do not draw report.png")
     group.add_argument("--progress", choices=MODES, default="bar",
                        help="bar: a bar on a terminal, stage lines otherwise (default); jsonl: JSON events on "
@@ -276,5 +286,6 @@ def in_cli_terms() -> Iterator[None]:
 
 
 def output_options(args: argparse.Namespace) -> OutputOptions:
-    return OutputOptions(overwrite=args.overwrite, field_files=FIELD_FORMATS[args.field_format], report=args.report)
+    return OutputOptions(overwrite=args.overwrite, field_files=FIELD_FORMATS[args.field_format], report=args.report,
+                         compress=args.compress)
 

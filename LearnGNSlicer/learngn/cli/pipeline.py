@@ -6,6 +6,7 @@ output folder once everything, ``summary.json`` last, is on disk.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -14,13 +15,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
 
-from ..sampling import resample
-from ..io import image_info, read_image, read_transform, write_displacement, write_image, write_json, write_transform
+from ..sampling import resample, shrunk_grid
+from ..io import (image_info, in_pixel_type, read_image, read_transform, write_displacement, write_image, write_json,
+                  write_transform)
 from ..progress import ProgressEvent
 from ..register import RegistrationResult, register
 from ..report import write_report
 from .cancel import CancelOnSignal
-from .options import OutputOptions, RegistrationOptions, in_cli_terms
+from .options import WORKING_GRID_FIELD, OutputOptions, RegistrationOptions, in_cli_terms
 from .progress import Reporter
 from .provenance import KEY_ENTRY, result_key
 from .staging import check_output_folder, staged_folder
@@ -31,7 +33,26 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.png"
 
 #: Timings measured after the engine's stages (listed after them in the summary).
-AFTER_REGISTRATION = ("write", "report", "wall")
+AFTER_REGISTRATION = ("write", "report", "wall", "since_process_start")
+#: What each timing covers, written beside them in the summary (``timings_cover``).
+TIMINGS_COVER = {
+    "read": "reading the input files",
+    "generate": "generating the sample pair (demo)",
+    "prepare": "register(): checking the inputs, intensity windows",
+    "prealign": "register(): centre of mass and affine pre-alignment",
+    "features": "register(): features on the working grid",
+    "gauss-newton": "register(): Gauss-Newton iterations",
+    "output": "register(): composing the result, warping the moving image once, quality figures",
+    "total": "register() from start to return (the sum of its stages)",
+    "write": "writing the warped image, transform and field files",
+    "report": "drawing report.png",
+    "wall": "this command's work, from reading the inputs to writing summary.json (without starting Python "
+            "and importing the engine)",
+    "since_process_start": "from the start of the process to writing summary.json (what a user waits for, "
+                           "less the exit)",
+}
+#: The report is drawn from the scans shrunk to at most this many voxels along each axis.
+REPORT_MAX_AXIS = 192
 
 #: Adds files to the staging folder and returns entries for the summary (the demo writes the truth).
 Extra = Callable[[RegistrationResult, Path], Dict[str, Any]]
@@ -88,13 +109,24 @@ def read_inputs(paths: InputPaths, reporter: Reporter, cancel: CancelOnSignal) -
     return inputs
 
 
-def _write_files(result: RegistrationResult, folder: Path, output: OutputOptions, reporter: Reporter,
-                 cancel: CancelOnSignal) -> None:
-    """The warped image, the transform and the field file(s)."""
+def file_name(name: str, output: OutputOptions) -> str:
+    """``name`` as written with ``output``'s options: ``.nii`` instead of ``.nii.gz`` when uncompressed."""
+    return name[:-len(".gz")] if not output.compress and name.endswith(".nii.gz") else name
+
+
+def _write_files(result: RegistrationResult, moving: sitk.Image, folder: Path, output: OutputOptions,
+                 reporter: Reporter, cancel: CancelOnSignal) -> None:
+    """The warped image (in the moving image's pixel type), the transform and the field file(s) asked for."""
+    def field_writer(name: str) -> Callable[[Path], None]:
+        if name == WORKING_GRID_FIELD:
+            return lambda path: write_displacement(result.compact.composed_on_working_grid(), path, compress=False)
+        return lambda path: write_displacement(result.displacement, path, output.compress)
+
     writers: List[Tuple[str, Callable[[Path], None]]] = [
-        (WARPED_FILE, lambda path: write_image(result.warped, path)),
+        (file_name(WARPED_FILE, output),
+         lambda path: write_image(in_pixel_type(result.warped, moving), path, output.compress)),
         (TRANSFORM_FILE, lambda path: write_transform(result.transform(), path)),
-        *[(name, lambda path: write_displacement(result.displacement, path)) for name in output.field_files]]
+        *[(file_name(name, output), field_writer(name)) for name in output.field_files]]
     for index, (name, write) in enumerate(writers):
         cancel.check()
         reporter.progress(ProgressEvent("output", round(0.96 + 0.03 * index / len(writers), 4), f"writing {name}"))
@@ -102,14 +134,18 @@ def _write_files(result: RegistrationResult, folder: Path, output: OutputOptions
 
 
 def _draw_report(result: RegistrationResult, inputs: Inputs, folder: Path) -> None:
+    """report.png, drawn from the scans shrunk to at most REPORT_MAX_AXIS voxels per axis: the moving image
+    resampled onto that grid once, before and through the result, and the field on it."""
     fixed, moving = inputs.images["fixed"], inputs.images["moving"]
     background = float(sitk.GetArrayViewFromImage(moving).min())
+    small = shrunk_grid(fixed, REPORT_MAX_AXIS)
     metrics = result.metrics
     title = (f"NCC {number(metrics.get('ncc_before'))} -> {number(metrics.get('ncc_after'))}   "
              f"negative Jacobian {number(metrics.get('negative_jacobian_percent'), '.2f')}%   "
-             f"preset {result.preset}   {result.device}   {result.timings['total']:.1f} s")
-    write_report(folder / REPORT_FILE, fixed, resample(moving, fixed, None, default_value=background),
-                 result.warped, result.displacement, title, warnings=result.warnings)
+             f"preset {result.preset}   {result.device}   register() {result.timings['total']:.1f} s")
+    write_report(folder / REPORT_FILE, resample(fixed, small), resample(moving, small, None, default_value=background),
+                 resample(moving, small, result.transform(), default_value=background), result.compact.dense(small),
+                 title, warnings=result.warnings)
 
 
 def _summary(result: RegistrationResult, inputs: Inputs, outdir: Path, output: OutputOptions,
@@ -118,6 +154,7 @@ def _summary(result: RegistrationResult, inputs: Inputs, outdir: Path, output: O
     ordered = {**{k: v for k, v in timings.items() if k not in AFTER_REGISTRATION}, **result.timings,
                **{k: timings[k] for k in AFTER_REGISTRATION if k in timings}}
     summary["timings_s"] = {k: round(v, 4) for k, v in ordered.items()}
+    summary["timings_cover"] = {k: TIMINGS_COVER[k] for k in ordered if k in TIMINGS_COVER}
     described: Dict[str, Any] = {}
     for role, image in inputs.images.items():
         described[role] = {"path": inputs.paths.get(role), **image_info(image)}
@@ -125,8 +162,8 @@ def _summary(result: RegistrationResult, inputs: Inputs, outdir: Path, output: O
         described["initial_transform"] = {"path": inputs.paths.get("initial_transform"),
                                           "type": inputs.initial_transform.GetName()}
     summary["inputs"] = described
-    summary["outputs"] = {"warped": WARPED_FILE, "transform": TRANSFORM_FILE,
-                          "displacement": list(output.field_files),
+    summary["outputs"] = {"warped": file_name(WARPED_FILE, output), "transform": TRANSFORM_FILE,
+                          "displacement": [file_name(name, output) for name in output.field_files],
                           "report": REPORT_FILE if output.report else None, "summary": SUMMARY_FILE}
     summary["outdir"] = str(outdir)
     summary["command"] = command
@@ -152,7 +189,7 @@ def register_and_write(inputs: Inputs, outdir: Path, registration: RegistrationO
                           **registration.overrides)
     with staged_folder(outdir, output.overwrite) as folder:
         writing = time.perf_counter()
-        _write_files(result, folder, output, reporter, cancel)
+        _write_files(result, images["moving"], folder, output, reporter, cancel)
         extras = extra(result, folder) if extra is not None else {}
         timings["write"] = time.perf_counter() - writing
         if output.report:
@@ -162,6 +199,9 @@ def register_and_write(inputs: Inputs, outdir: Path, registration: RegistrationO
             _draw_report(result, inputs, folder)
             timings["report"] = time.perf_counter() - drawing
         timings["wall"] = before + time.perf_counter() - started
+        age = seconds_since_process_start()
+        if age is not None:
+            timings["since_process_start"] = age
         summary = _summary(result, inputs, outdir, output, timings, command)
         summary[KEY_ENTRY] = result_key(registration.preset, result.settings, inputs.paths, output)
         summary["warnings"] = [*registration.notes, *summary.get("warnings", [])]
@@ -180,6 +220,19 @@ def run_pair(paths: InputPaths, outdir: Path, registration: RegistrationOptions,
     inputs = read_inputs(paths, reporter, cancel)
     timings = {"read": time.perf_counter() - started}
     return register_and_write(inputs, outdir, registration, output, reporter, cancel, command, timings)
+
+
+def seconds_since_process_start() -> Optional[float]:
+    """Seconds since this process started (Python's start and imports included), or None where the system
+    does not say (read from /proc on Linux)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            started_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def number(value: Any, spec: str = ".3f") -> str:
@@ -202,6 +255,10 @@ def describe(summary: Dict[str, Any]) -> List[str]:
     outputs = summary.get("outputs", {})
     names = [outputs.get("warped"), outputs.get("transform"), *outputs.get("displacement", []),
              outputs.get("report"), outputs.get("summary")]
+    started = (f"{number(timings.get('since_process_start'), '.1f')} s since the command started, "
+               if "since_process_start" in timings else "")
     return [line,
-            f"{number(timings.get('wall'), '.1f')} s on {summary.get('device')}, preset {summary.get('preset')}",
+            f"{started}{number(timings.get('wall'), '.1f')} s from reading the inputs to the results "
+            f"(register() {number(timings.get('total'), '.1f')} s) on {summary.get('device')}, "
+            f"preset {summary.get('preset')}",
             f"wrote {summary.get('outdir')}: {', '.join(n for n in names if n)}"]
