@@ -28,8 +28,9 @@ from .worker import DISPLACEMENT_FILE, SUMMARY_FILE, WARPED_FILE
 
 @dataclass
 class WorkerOutputs:
-    displacement_lps: np.ndarray
-    warped: np.ndarray
+    displacement_lps: np.ndarray    # (K, J, I, 3) on field_grid
+    field_grid: Grid                # the engine's working grid (the field is linear in between its voxels)
+    warped: np.ndarray              # on the fixed grid
     summary: dict
 
 
@@ -41,21 +42,23 @@ def read_outputs(outdir: str, fixed_grid: Grid, summary: Optional[dict] = None) 
             raise RuntimeError(f"The registration worker finished without writing {name} into {outdir}.")
         return full
 
-    displacement = displacement_array(sitk.ReadImage(path(DISPLACEMENT_FILE)))
+    field = sitk.ReadImage(path(DISPLACEMENT_FILE))
+    displacement = displacement_array(field)
+    if not np.isfinite(displacement).all():
+        raise RuntimeError(f"The worker's {DISPLACEMENT_FILE} holds values that are not numbers.")
     warped = sitk.GetArrayFromImage(sitk.ReadImage(path(WARPED_FILE)))
-    for name, array in ((DISPLACEMENT_FILE, displacement), (WARPED_FILE, warped)):
-        if tuple(array.shape[:3]) != fixed_grid.shape:
-            raise RuntimeError(
-                f"The worker's {name} has size {tuple(reversed(array.shape[:3]))} but the fixed volume "
-                f"{tuple(fixed_grid.size)}; the engine must return results on the fixed grid."
-            )
+    if tuple(warped.shape) != fixed_grid.shape:
+        raise RuntimeError(
+            f"The worker's {WARPED_FILE} has size {tuple(reversed(warped.shape))} but the fixed volume "
+            f"{tuple(fixed_grid.size)}; the engine must return the warped volume on the fixed grid."
+        )
     if summary is None:
         summary_path = os.path.join(outdir, SUMMARY_FILE)
         summary = {}
         if os.path.isfile(summary_path):
             with open(summary_path, encoding="utf-8") as file:
                 summary = json.load(file)
-    return WorkerOutputs(displacement, warped, summary)
+    return WorkerOutputs(displacement, Grid.from_sitk(field), warped, summary)
 
 
 def _unique_name(scene, name: str) -> str:
@@ -71,7 +74,7 @@ def store_outputs(request: RegistrationRequest, outputs: WorkerOutputs, fixed_gr
         if transform is None:
             transform = scene.AddNewNodeByClass(
                 "vtkMRMLTransformNode", _unique_name(scene, _("{moving} to {fixed}").format(moving=moving_name, fixed=fixed_name)))
-        set_resampling_field(transform, outputs.displacement_lps, fixed_grid)
+        set_resampling_field(transform, outputs.displacement_lps, outputs.field_grid)
         set_registration_references(transform, request.fixed, request.moving)
 
         warped = request.output_volume

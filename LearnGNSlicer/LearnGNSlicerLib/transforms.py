@@ -25,13 +25,13 @@ RAS_FROM_LPS_VECTOR = np.array([-1.0, -1.0, 1.0])
 
 
 def displacement_array(field: sitk.Image) -> np.ndarray:
-    """The field's vectors as a ``(K, J, I, 3)`` float64 array, still in LPS."""
+    """The field's vectors as a ``(K, J, I, 3)`` float32 array (as the engine computes them), still in LPS."""
     if field.GetNumberOfComponentsPerPixel() != 3 or field.GetDimension() != 3:
         raise ValueError(
             "Expected a 3D displacement field with 3 components per voxel, got "
             f"{field.GetDimension()}D with {field.GetNumberOfComponentsPerPixel()} components."
         )
-    return sitk.GetArrayFromImage(field).astype(np.float64)
+    return sitk.GetArrayFromImage(field).astype(np.float32, copy=False)
 
 
 def grid_transform(displacement_lps: np.ndarray, grid: Grid) -> "slicer.vtkOrientedGridTransform":

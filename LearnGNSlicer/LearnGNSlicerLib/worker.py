@@ -21,11 +21,15 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
-#: Files ``learngn register`` writes into its output folder.
-WARPED_FILE = "warped.nii.gz"
+#: Files ``learngn register`` writes into its output folder with the hand-over options below: the warped
+#: volume uncompressed, and the whole displacement on the engine's working grid as raw float32 NRRD (exact
+#: under linear interpolation, a few MB where the fixed grid's field in float64 took hundreds).
+WARPED_FILE = "warped.nii"
 TRANSFORM_FILE = "transform.h5"
-DISPLACEMENT_FILE = "displacement.nii.gz"
+DISPLACEMENT_FILE = "displacement_working_grid.nrrd"
 SUMMARY_FILE = "summary.json"
+#: What the worker is asked to write: files for this machine, read once, so nothing is compressed.
+HANDOVER_OPTIONS = ("--field-format", "working-grid", "--uncompressed")
 
 
 def find_python_executable() -> str:
@@ -84,7 +88,7 @@ def register_arguments(
     fixed_segmentation: Optional[str] = None,
     moving_segmentation: Optional[str] = None,
 ) -> List[str]:
-    """Arguments of ``learngn register`` with progress as JSON lines and no report.png.
+    """Arguments of ``learngn register`` with progress as JSON lines, the hand-over files and no report.png.
 
     The report is drawn with matplotlib, which Slicer does not bundle, and the module does not use it.
     """
@@ -97,7 +101,7 @@ def register_arguments(
     ):
         if path:
             args += [flag, path]
-    return [*args, *options, "--progress", "jsonl", "--no-report", "--overwrite"]
+    return [*args, *options, *HANDOVER_OPTIONS, "--progress", "jsonl", "--no-report", "--overwrite"]
 
 
 def parse_event(line: str) -> Optional[dict]:

@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     reg.add_argument("--progress", default="bar")
     reg.add_argument("--overwrite", action="store_true")
     reg.add_argument("--no-report", action="store_true")
+    reg.add_argument("--field-format", default="none")
+    reg.add_argument("--uncompressed", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
 
@@ -65,9 +67,14 @@ def main(argv=None) -> int:
     fixed = sitk.ReadImage(args.fixed)
     moving = sitk.ReadImage(args.moving, sitk.sitkFloat32)
     shift = np.array([float(v) for v in os.environ.get("FAKE_LEARNGN_SHIFT_LPS", "0,0,0").split(",")])
-    field = np.zeros((*sitk.GetArrayViewFromImage(fixed).shape, 3)) + shift
+    # like the engine: the field on a coarser "working grid" over the fixed one (here every 2nd voxel)
+    working = sitk.Image([(n + 1) // 2 + 1 for n in fixed.GetSize()], sitk.sitkVectorFloat32, 3)
+    working.SetOrigin(fixed.GetOrigin())
+    working.SetDirection(fixed.GetDirection())
+    working.SetSpacing([2.0 * s for s in fixed.GetSpacing()])
+    field = np.zeros((*sitk.GetArrayViewFromImage(working).shape[:3], 3), np.float32) + shift.astype(np.float32)
     displacement = sitk.GetImageFromArray(field, isVector=True)
-    displacement.CopyInformation(fixed)
+    displacement.CopyInformation(working)
     transform = sitk.DisplacementFieldTransform(sitk.Cast(displacement, sitk.sitkVectorFloat64))
     warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
@@ -86,8 +93,9 @@ def main(argv=None) -> int:
                "timings": {"prepare": 0.1, "gauss-newton": 0.2}, "received": received}
     if mode != "no-output":
         os.makedirs(args.outdir, exist_ok=True)
-        sitk.WriteImage(warped, os.path.join(args.outdir, "warped.nii.gz"))
-        sitk.WriteImage(displacement, os.path.join(args.outdir, "displacement.nii.gz"))
+        sitk.WriteImage(warped, os.path.join(args.outdir, "warped.nii" if args.uncompressed else "warped.nii.gz"))
+        if args.field_format == "working-grid":
+            sitk.WriteImage(displacement, os.path.join(args.outdir, "displacement_working_grid.nrrd"))
         sitk.WriteTransform(transform, os.path.join(args.outdir, "transform.h5"))
         with open(os.path.join(args.outdir, "summary.json"), "w") as file:
             json.dump(summary, file)
