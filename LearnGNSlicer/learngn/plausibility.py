@@ -84,8 +84,8 @@ class PlausibilityLimits:
     #: most of the scan has no counterpart; under 10% there is nothing left to register.
     extent_overlap: Band = Band((0.5, INF), (0.1, INF))
     #: Dice of the two images' content where both fields of view meet, after pre-alignment.  A scan and a
-    #: moved copy reach 0.98, brains of different people 0.93; a thorax and another person's abdomen 0.72 to
-    #: 0.78.  Under 0.3 the contents are mostly disjoint (a whole head against a skull-stripped brain: 0.45).
+    #: moved copy reach 0.98, brains of different people 0.91 to 0.94; a thorax and another person's abdomen
+    #: 0.72 to 0.78.  Under 0.3 the contents are mostly disjoint (a whole head against a skull-stripped brain: 0.45).
     content_overlap: Band = Band((0.85, INF), (0.3, INF))
     #: Principal stretches of the pre-alignment's matrix.  People's anatomy differs in size by up to about
     #: 20% per axis (brains of different people: 0.95 to 1.04); 0.6 or 1.6 is a fit to the wrong structure.
