@@ -29,7 +29,7 @@ from slicer.util import VTKObservationMixin
 from LearnGNSlicerLib.dependencies import SlicerInstaller, ensure_dependencies, read_requirements
 from LearnGNSlicerLib.job import JobState, RegistrationCancelled, RegistrationJob
 from LearnGNSlicerLib.logic import RegistrationLogic
-from LearnGNSlicerLib.presets import available_presets
+from LearnGNSlicerLib.presets import available_presets, preset_info
 from LearnGNSlicerLib.resources import optional_resource_path, resource_path
 from LearnGNSlicerLib.settings import DEFAULT_PRESET, Device, Prealign, optional_positive
 from LearnGNSlicerLib.ui_state import ProcessingState, apply_button, finished_status, inputs_editable, stage_label
@@ -109,6 +109,7 @@ class LearnGNSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._state = ProcessingState.IDLE
         self._job: Optional[RegistrationJob] = None
         self._lastResult = None
+        self._presetInfos = {}
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -119,7 +120,11 @@ class LearnGNSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = LearnGNSlicerLogic()
 
-        self.ui.presetComboBox.addItems(available_presets())
+        presets = available_presets()
+        self._presetInfos = {name: preset_info(name) for name in presets}
+        self.ui.presetComboBox.addItems(presets)
+        for index, name in enumerate(presets):  # each preset's description as the tooltip of its entry
+            self.ui.presetComboBox.setItemData(index, self._presetInfos[name].description, qt.Qt.ToolTipRole)
         self.ui.progressBar.setVisible(False)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -176,6 +181,13 @@ class LearnGNSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPresetChanged(self, index: int) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.preset = self.ui.presetComboBox.itemText(index)
+            if self._presetInfo(self._parameterNode.preset).needs_segmentations:
+                self.ui.guidanceCollapsibleButton.collapsed = False  # where the required inputs are
+
+    def _presetInfo(self, name: str):
+        if name not in self._presetInfos:
+            self._presetInfos[name] = preset_info(name)
+        return self._presetInfos[name]
 
     def _updateGUI(self, caller=None, event=None) -> None:
         node = self._parameterNode
@@ -188,13 +200,14 @@ class LearnGNSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.ui.presetComboBox.currentIndex != presetIndex:
             self.ui.presetComboBox.currentIndex = presetIndex
 
-        missing = ""
-        if not node.fixedVolume:
-            missing = _("Select the fixed volume.")
-        elif not node.movingVolume:
-            missing = _("Select the moving volume.")
-        elif node.fixedVolume.GetID() == node.movingVolume.GetID():
-            missing = _("Select two different volumes.")
+        info = self._presetInfo(node.preset)
+        self.ui.presetComboBox.toolTip = info.description or _("Registration settings and trained model to use.")
+        self.ui.presetDescriptionLabel.text = info.description
+        self.ui.guidanceCollapsibleButton.text = guidance_title(info.needs_segmentations)
+        missing = missing_input(node.fixedVolume.GetID() if node.fixedVolume else None,
+                                node.movingVolume.GetID() if node.movingVolume else None, node.preset,
+                                info.needs_segmentations, node.fixedSegmentation is not None,
+                                node.movingSegmentation is not None)
         look = apply_button(self._state, not missing, missing)
         self.ui.applyButton.text = look.text
         self.ui.applyButton.toolTip = look.tooltip

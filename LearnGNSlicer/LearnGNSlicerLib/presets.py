@@ -1,4 +1,4 @@
-"""Preset names for the GUI, found without importing the engine.
+"""Presets for the GUI (names, descriptions, whether they need segmentations), found without importing the engine.
 
 ``learngn.list_presets()`` is the authority, but importing ``learngn`` imports torch, which may not
 be installed yet when the widget is built (and takes seconds).  So the list is the engine's
@@ -11,29 +11,59 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from .resources import resources_dir
 from .settings import DEFAULT_PRESET
 
-#: The engine's presets that need no model file (learngn/settings.py).
-BUILT_IN_PRESETS = [DEFAULT_PRESET, "segmentation-guided"]
+@dataclass(frozen=True)
+class PresetInfo:
+    """What the panel shows of a preset: its description, and whether it registers segmentations."""
+
+    name: str
+    description: str = ""
+    needs_segmentations: bool = False
 
 
-def model_presets(models_dir: Optional[Path]) -> Dict[str, str]:
-    """Preset name -> description of every readable model card in ``models_dir``."""
-    presets: Dict[str, str] = {}
+#: The engine's presets that need no model file (learngn/settings.py; a test compares them).
+BUILT_IN = [
+    PresetInfo(DEFAULT_PRESET, "Any modality: MIND-SSC features, classic Gauss-Newton (no learned weights), affine "
+                               "pre-alignment."),
+    PresetInfo("segmentation-guided", "The paper's 3D setting: signed distance maps of segmentations of both images, "
+                                      "classic Gauss-Newton.", needs_segmentations=True),
+]
+BUILT_IN_PRESETS = [info.name for info in BUILT_IN]
+
+
+def _card_preset(card: Any) -> Optional[PresetInfo]:
+    if not isinstance(card, dict) or not card.get("preset"):
+        return None
+    settings = card.get("settings") if isinstance(card.get("settings"), dict) else {}
+    features = settings.get("features") or ()
+    return PresetInfo(str(card["preset"]), str(card.get("description", "")),
+                      needs_segmentations="sdm" in (features if isinstance(features, (list, tuple)) else ()))
+
+
+def model_preset_infos(models_dir: Optional[Path]) -> Dict[str, PresetInfo]:
+    """Preset name -> info of every readable model card with a preset in ``models_dir``."""
+    presets: Dict[str, PresetInfo] = {}
     if models_dir is None or not models_dir.is_dir():
         return presets
     for card_path in sorted(models_dir.glob("*.json")):
         try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
+            info = _card_preset(json.loads(card_path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             continue  # the engine reports a broken card when the preset is used
-        if isinstance(card, dict) and card.get("preset"):
-            presets.setdefault(str(card["preset"]), str(card.get("description", "")))
+        if info is not None:
+            presets.setdefault(info.name, info)
     return presets
+
+
+def model_presets(models_dir: Optional[Path]) -> Dict[str, str]:
+    """Preset name -> description of every readable model card in ``models_dir``."""
+    return {name: info.description for name, info in model_preset_infos(models_dir).items()}
 
 
 def _unique(names: Iterable[str]) -> List[str]:
@@ -58,3 +88,27 @@ def available_presets(models_dir: Optional[Path] = None) -> List[str]:
         except Exception:  # a half-imported engine must not break the GUI
             pass
     return _unique([*BUILT_IN_PRESETS, *model_presets(models_dir or _default_models_dir())])
+
+
+def _engine_infos() -> Optional[Dict[str, PresetInfo]]:
+    """The already imported engine's presets, or None."""
+    settings = sys.modules.get("learngn.settings")
+    engine = sys.modules.get("learngn")
+    if settings is None or engine is None or not hasattr(engine, "list_presets"):
+        return None
+    try:
+        engine.list_presets()  # registers the learned presets
+        return {name: PresetInfo(name, preset.description, bool(preset.needs_segmentations))
+                for name, preset in settings.PRESETS.items()}
+    except Exception:  # a half-imported engine must not break the GUI
+        return None
+
+
+def preset_info(name: str, models_dir: Optional[Path] = None) -> PresetInfo:
+    """Description and needs of preset ``name`` (an unknown name: no description, nothing required)."""
+    infos = _engine_infos()
+    if infos is None:
+        infos = {info.name: info for info in BUILT_IN}
+        for card_name, info in model_preset_infos(models_dir or _default_models_dir()).items():
+            infos.setdefault(card_name, info)
+    return infos.get(name, PresetInfo(name))

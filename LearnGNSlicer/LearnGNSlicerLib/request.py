@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
 from .geometry import check_scalar_volume
+from .presets import preset_info
 from .settings import RegistrationSettings
 
 
@@ -42,8 +43,11 @@ class RegistrationRequest:
         return self.fixed.GetScene()
 
     def validate(self) -> None:
-        check_scalar_volume(self.fixed, "fixed volume")
-        check_scalar_volume(self.moving, "moving volume")
+        for role, node in (("fixed volume", self.fixed), ("moving volume", self.moving)):
+            check_scalar_volume(node, role)
+            if node.IsA("vtkMRMLLabelMapVolumeNode"):
+                raise ValueError(f"The {role} '{node.GetName()}' is a label map; choose an intensity volume (a label "
+                                 "map can serve as a mask, or as a segmentation once imported into one).")
         if self.fixed is self.moving or self.fixed.GetID() == self.moving.GetID():
             raise ValueError(
                 f"The fixed and the moving volume are the same volume ('{self.fixed.GetName()}'); "
@@ -55,6 +59,10 @@ class RegistrationRequest:
         for role, node in (("fixed segmentation", self.fixed_segmentation), ("moving segmentation", self.moving_segmentation)):
             if node is not None and not node.IsA("vtkMRMLSegmentationNode"):
                 raise ValueError(f"The {role} '{node.GetName()}' is a {node.GetClassName()}; choose a segmentation node.")
+        if preset_info(self.settings.preset).needs_segmentations and (
+                self.fixed_segmentation is None or self.moving_segmentation is None):
+            raise ValueError(f"The preset '{self.settings.preset}' registers segmentations of both volumes: select the "
+                             "fixed and the moving segmentation, or choose another preset (e.g. 'generic').")
         scene = self.scene
         if scene is None:
             raise ValueError(f"The fixed volume '{self.fixed.GetName()}' is not in a scene; add it to the scene first.")

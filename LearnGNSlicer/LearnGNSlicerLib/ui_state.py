@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Optional
 from typing import Sequence
 
 from .i18n import tr as _
@@ -34,6 +35,31 @@ def apply_button(state: ProcessingState, can_apply: bool, missing: str = "") -> 
     if can_apply:
         return ButtonLook(_("Apply"), _("Register the moving volume to the fixed volume."), True)
     return ButtonLook(_("Apply"), missing or _("Select the fixed and the moving volume."), False)
+
+
+def missing_input(fixed_id: Optional[str], moving_id: Optional[str], preset: str = "",
+                  needs_segmentations: bool = False, fixed_segmentation: bool = False,
+                  moving_segmentation: bool = False) -> str:
+    """What the user must still select before Apply can run (the button's tooltip), or "" when ready."""
+    if not fixed_id:
+        return _("Select the fixed volume.")
+    if not moving_id:
+        return _("Select the moving volume.")
+    if fixed_id == moving_id:
+        return _("Select two different volumes.")
+    if needs_segmentations and not (fixed_segmentation and moving_segmentation):
+        which = (_("the fixed and the moving segmentation") if not (fixed_segmentation or moving_segmentation)
+                 else _("the fixed segmentation") if not fixed_segmentation else _("the moving segmentation"))
+        return _("The preset '{preset}' registers segmentations of both volumes: select {which} under "
+                 "'Masks and segmentations', or choose another preset.").format(preset=preset, which=which)
+    return ""
+
+
+def guidance_title(needs_segmentations: bool) -> str:
+    """Title of the masks and segmentations section: segmentations are optional unless the preset needs them."""
+    if needs_segmentations:
+        return _("Masks and segmentations (segmentations required by this preset)")
+    return _("Masks and segmentations (optional)")
 
 
 def inputs_editable(state: ProcessingState) -> bool:
