@@ -1,12 +1,15 @@
 """Choosing the compute device, and recognising GPU out-of-memory errors to fall back to the CPU."""
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Optional
 
 import torch
 
 from .errors import InputError
+
+LOGGER = logging.getLogger(__name__)
 
 
 def unusable_gpu(requested: str) -> Optional[str]:
@@ -21,7 +24,10 @@ def unusable_gpu(requested: str) -> Optional[str]:
 
 
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` takes CUDA when usable; a CUDA request without a usable GPU warns and uses the CPU."""
+    """``auto`` takes CUDA when usable; a CUDA request without a usable GPU warns and uses the CPU.
+
+    The fallback is also logged at once (Python's last-resort handler prints it on stderr when logging is not
+    configured), because ``register`` collects warnings and repeats them only when the work is done."""
     requested = (requested or "auto").lower()
     if requested in ("auto", "gpu"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -30,6 +36,7 @@ def resolve_device(requested: str) -> torch.device:
     if requested.startswith("cuda"):
         problem = unusable_gpu(requested)
         if problem:
+            LOGGER.warning(problem)
             warnings.warn(problem, RuntimeWarning, stacklevel=3)
             return torch.device("cpu")
         device = torch.device(requested)

@@ -33,3 +33,27 @@ def test_an_unusable_gpu_request_says_why(monkeypatch):
     assert message and "running on the CPU" in message
     monkeypatch.setattr(torch.version, "cuda", None)
     assert "CPU-only build" in unusable_gpu("cuda")
+
+
+def test_an_unusable_gpu_is_reported_before_the_work_starts(monkeypatch, tiny_pair):
+    """register() repeats its warnings at the end; the GPU fallback is logged when it is decided."""
+    import logging
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    order = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            order.append(("log", record.getMessage()))
+
+    handler = Recorder(logging.WARNING)
+    logging.getLogger("learngn.device").addHandler(handler)
+    try:
+        with pytest.warns(RuntimeWarning, match="no usable CUDA device"):
+            learngn.register(*tiny_pair, device="cuda", prealign="none", iterations=1,
+                             progress=lambda event: order.append(("progress", event.stage)))
+    finally:
+        logging.getLogger("learngn.device").removeHandler(handler)
+    logged = [i for i, (kind, text) in enumerate(order) if kind == "log" and "GPU was requested" in text]
+    first_work = next(i for i, (kind, stage) in enumerate(order) if kind == "progress" and stage != "prepare")
+    assert logged and logged[0] < first_work, order
