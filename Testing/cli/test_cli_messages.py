@@ -72,3 +72,17 @@ def test_an_unusable_gpu_is_reported_before_the_work_starts(images, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["device"].startswith("cpu")
     assert any("--device cuda" in w for w in summary["warnings"])
+
+
+def test_translated_errors_keep_their_type_and_attributes():
+    from learngn import InputError
+    from learngn.cli.options import in_cli_terms
+
+    class Implausible(InputError):
+        def __init__(self, message: str, check: str) -> None:
+            super().__init__(message)
+            self.check = check
+
+    with pytest.raises(Implausible) as caught, in_cli_terms():
+        raise Implausible("grid_stride=99 is too coarse", check="grid")
+    assert str(caught.value) == "--grid-stride 99 is too coarse" and caught.value.check == "grid"

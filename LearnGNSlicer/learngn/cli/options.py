@@ -278,11 +278,13 @@ def cli_terms(message: str) -> str:
 
 @contextmanager
 def in_cli_terms() -> Iterator[None]:
-    """Re-raise the engine's InputErrors inside the block with command-line options instead of keywords."""
+    """Re-raise the engine's InputErrors inside the block with command-line options instead of keywords (the
+    error keeps its type and attributes: only its message changes)."""
     try:
         yield
     except InputError as error:
-        raise type(error)(cli_terms(str(error))) from None
+        error.args = (cli_terms(str(error)), *error.args[1:])
+        raise
 
 
 def output_options(args: argparse.Namespace) -> OutputOptions:
