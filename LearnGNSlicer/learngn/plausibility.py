@@ -144,7 +144,7 @@ def mode() -> str:
     return value
 
 
-def report(findings: List[Finding], how: Optional[str] = None) -> None:
+def raise_or_warn(findings: List[Finding], how: Optional[str] = None) -> None:
     """Raise the errors (all in one message) unless ``how`` is warn; warn about the rest."""
     how = how or mode()
     errors = [f for f in findings if f.verdict == "error"]
@@ -307,7 +307,7 @@ def check_pairing(fixed: sitk.Image, moving: sitk.Image, transform: Optional[sit
     if mode() == "off":
         return None
     pairing = pairing_figures(fixed, moving, transform, fixed_mask, moving_mask, limits)
-    report(judge_pairing(pairing.figures, limits))
+    raise_or_warn(judge_pairing(pairing.figures, limits))
     return pairing
 
 
@@ -324,4 +324,4 @@ def check_result(pairing: Optional[PairingCheck], displacement: torch.Tensor, gr
     metrics.update(figures)
     judged = dict(figures, **{k: _figure(metrics, k) for k in ("negative_jacobian_percent", "ncc_prealigned",
                                                                  "ncc_after")})
-    report(judge_result(judged, limits))
+    raise_or_warn(judge_result(judged, limits))

@@ -20,7 +20,7 @@ import torch
 import learngn
 from learngn import plausibility
 from learngn.phantom import random_smooth_displacement, warp_image
-from learngn.plausibility import (LIMITS, MODE_VARIABLE, Band, ImplausibleRegistration, PairingCheck,
+from learngn.plausibility import (MODE_VARIABLE, Band, ImplausibleRegistration, PairingCheck,
                                   affine_scale_and_shear, check_result, judge_pairing, judge_result,
                                   pairing_figures)
 
