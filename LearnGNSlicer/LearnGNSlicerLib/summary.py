@@ -29,12 +29,14 @@ def engine_seconds(summary: dict) -> Optional[float]:
 
 
 def describe(summary: dict, elapsed: Optional[float] = None) -> str:
-    """E.g. "Done in 3.1 s (engine 2.4 s) on cuda. Folded voxels: 0.02 %. Similarity 0.41 -> 0.78."""
+    """E.g. "Done in 3.1 s from the request to the result (registration 2.4 s) on cuda. ..." (the
+    registration's time is the engine's ``register()``, without starting the worker, files and nodes)."""
     parts = []
     seconds = engine_seconds(summary)
     device = summary.get("device") or _("unknown device")
     if elapsed is not None and seconds is not None:
-        parts.append(_("Done in {elapsed:.1f} s (engine {engine:.1f} s) on {device}.").format(elapsed=elapsed, engine=seconds, device=device))
+        parts.append(_("Done in {elapsed:.1f} s from the request to the result (registration {engine:.1f} s) on {device}.").format(
+            elapsed=elapsed, engine=seconds, device=device))
     elif elapsed is not None or seconds is not None:
         parts.append(_("Done in {seconds:.1f} s on {device}.").format(seconds=elapsed if elapsed is not None else seconds, device=device))
     else:

@@ -101,7 +101,7 @@ def test_probe_output_parsing():
 def test_result_line_has_time_device_folding_and_similarity():
     summary = {"device": "cuda", "metrics": {"negative_jacobian_percent": 0.0123, "similarity_before": 0.41,
                                              "similarity_after": 0.785}, "timings": {"prealign": 0.5, "gauss-newton": 1.0}}
-    assert describe(summary, elapsed=3.14) == ("Done in 3.1 s (engine 1.5 s) on cuda. Negative Jacobian: 0.01 % of voxels. "
+    assert describe(summary, elapsed=3.14) == ("Done in 3.1 s from the request to the result (registration 1.5 s) on cuda. Negative Jacobian: 0.01 % of voxels. "
                                                "Similarity 0.410 -> 0.785.")
     assert describe({}) == "Done on unknown device."
     assert describe({"device": "cpu", "metrics": {"dice_before": 0.5, "dice_after": 0.8}}).endswith("Dice 0.500 -> 0.800.")
