@@ -27,6 +27,7 @@ from .process import WorkerProcess
 from .request import RegistrationRequest
 from .settings import Device
 from .summary import describe, engine_warnings
+from .warm import WarmWorker
 from .worker import EXIT_BAD_INPUT, EXIT_CANCELLED, WorkerLauncher, parse_event, register_arguments
 
 #: Share of the progress bar for the stages around the worker's own progress.
@@ -100,6 +101,7 @@ class RegistrationJob:
         probe_gpu: bool = True,
         keep_files: bool = False,
         terminate_grace: float = 5.0,
+        warm_worker: Optional[WarmWorker] = None,
     ) -> None:
         self.request = request
         self.launcher = launcher or WorkerLauncher()
@@ -108,6 +110,7 @@ class RegistrationJob:
         self.probe_gpu = probe_gpu
         self.keep_files = keep_files
         self.terminate_grace = terminate_grace
+        self.warm_worker = warm_worker  # runs the registration when given and free; else a process of its own
         self.state: Optional[JobState] = None
         self.result: Optional[RegistrationResult] = None
         self.error: Optional[BaseException] = None
@@ -238,6 +241,9 @@ class RegistrationJob:
         )
         self.state = JobState.RUNNING
         self._report("start", EXPORT_SHARE, decision.message or _("Starting the registration"))
+        if self.warm_worker is not None and not self.warm_worker.busy:
+            self._process = self.warm_worker.submit(arguments, self.folder, self._on_worker_line, self._on_worker_exit)
+            return
         self._process = WorkerProcess(self.launcher.argv(arguments), env=self.launcher.environment(), cwd=self.folder,
                                       on_line=self._on_worker_line, on_exit=self._on_worker_exit,
                                       terminate_grace=self.terminate_grace).start()

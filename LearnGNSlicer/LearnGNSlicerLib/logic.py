@@ -12,6 +12,7 @@ from .job import Progress, RegistrationJob, RegistrationResult
 from .process import QtTimerDriver
 from .request import RegistrationRequest
 from .settings import DEFAULT_PRESET, Device, Prealign, RegistrationSettings
+from .warm import WarmWorker, warm_worker_enabled
 from .worker import WorkerLauncher
 
 
@@ -28,9 +29,27 @@ def _qt_available() -> bool:
 class RegistrationLogic:
     """Registers a moving volume to a fixed one with the LearnGN engine in a worker process."""
 
-    def __init__(self, launcher: Optional[WorkerLauncher] = None, probe_gpu: bool = True) -> None:
+    def __init__(self, launcher: Optional[WorkerLauncher] = None, probe_gpu: bool = True,
+                 warm_worker: Optional[bool] = None) -> None:
+        """``warm_worker``: keep one worker process up between runs (None: the setting, see
+        :func:`LearnGNSlicerLib.warm.warm_worker_enabled`; off unless set)."""
         self.launcher = launcher or WorkerLauncher()
         self.probe_gpu = probe_gpu
+        self.warm_worker = warm_worker_enabled() if warm_worker is None else warm_worker
+        self._warm: Optional[WarmWorker] = None
+
+    def worker(self) -> Optional[WarmWorker]:
+        """The warm worker (started at its first request) when the setting is on, else None."""
+        if not self.warm_worker:
+            return None
+        if self._warm is None:
+            self._warm = WarmWorker(self.launcher)
+        return self._warm
+
+    def stop_worker(self) -> None:
+        """Let the warm worker exit (a later run starts a new one)."""
+        if self._warm is not None:
+            self._warm.stop()
 
     def start(
         self,
@@ -73,7 +92,7 @@ class RegistrationLogic:
             output_transform=output_transform, output_volume=output_volume,
         )
         job = RegistrationJob(request, self.launcher, on_progress=on_progress, on_finished=on_finished,
-                              probe_gpu=self.probe_gpu, keep_files=keep_files)
+                              probe_gpu=self.probe_gpu, keep_files=keep_files, warm_worker=self.worker())
         job.start()
         if use_timer if use_timer is not None else _qt_available():
             job.driver = QtTimerDriver(job.poll)

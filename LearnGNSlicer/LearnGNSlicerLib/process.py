@@ -48,8 +48,10 @@ class WorkerProcess:
         on_line: Optional[LineCallback] = None,
         on_exit: Optional[ExitCallback] = None,
         terminate_grace: float = DEFAULT_TERMINATE_GRACE,
+        stdin_pipe: bool = False,
     ) -> None:
         self.argv = [str(a) for a in argv]
+        self.stdin_pipe = stdin_pipe  # requests can be sent (a warm worker); else stdin is closed
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.on_line = on_line
@@ -69,7 +71,7 @@ class WorkerProcess:
             raise RuntimeError("The worker process was already started.")
         self._process = subprocess.Popen(
             self.argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self.env,
@@ -82,6 +84,26 @@ class WorkerProcess:
             self._streams_open += 1
         logging.debug("Started worker process %s: %s", self._process.pid, " ".join(self.argv))
         return self
+
+    def send(self, line: str) -> None:
+        """Write one line to the process's stdin (started with ``stdin_pipe``); raises OSError once it is gone."""
+        if self._process is None or self._process.stdin is None:
+            raise RuntimeError("The worker process takes no input.")
+        self._process.stdin.write((line.rstrip("\n") + "\n").encode("utf-8"))
+        self._process.stdin.flush()
+
+    def close_input(self) -> None:
+        """Close stdin: a warm worker exits when its input ends."""
+        if self._process is not None and self._process.stdin is not None and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+
+    def withdraw_cancel(self) -> None:
+        """The process stopped what it was doing and stays up (a warm worker): no forced kill is due."""
+        self.cancel_requested = False
+        self._kill_deadline = None
 
     @property
     def pid(self) -> Optional[int]:
