@@ -9,7 +9,8 @@ anything it started).  Cases:
 * ``ct``: ``learngn register`` of the 512x512x141 thorax CT to a copy of itself shifted by (3, -2, 4) mm;
 * ``slicer``: the Slicer module's logic against slicer-core's real MRML (a 256^3 pair), with the time outside
   ``register()`` broken down: exporting the volumes, the worker's start and imports, reading, writing, its
-  exit, reading the hand-over files and creating the nodes.
+  exit, reading the hand-over files and creating the nodes;
+* ``slicer-warm``: the same with the warm worker, the second run measured (codes that have one).
 
 ``--code NAME=FOLDER`` runs the cases with another checkout's ``LearnGNSlicer`` folder first on PYTHONPATH
 (e.g. ``--code before=/tmp/old/LearnGNSlicer`` for a ``git worktree`` of an older commit), so the old and
@@ -129,6 +130,7 @@ from LearnGNSlicerLib.logic import RegistrationLogic
 from LearnGNSlicerLib.worker import WorkerLauncher
 
 size = tuple(int(v) for v in sys.argv[1].split("x"))
+warm = len(sys.argv) > 2 and sys.argv[2] == "warm"
 marks = {}
 def timed(name, function):
     def wrapped(*args, **kwargs):
@@ -168,14 +170,21 @@ first = {}
 def progress(event):
     if event.stage == "prepare" and "event" not in first:
         first["event"] = time.perf_counter()
-logic = RegistrationLogic(launcher=WorkerLauncher(python=sys.executable), probe_gpu=False)
+options = {"warm_worker": True} if warm else {}
+logic = RegistrationLogic(launcher=WorkerLauncher(python=sys.executable), probe_gpu=False, **options)
+if warm:  # the first Apply starts the worker; the second is measured
+    logic.register(fixed, moving, device="cpu")
+    marks.clear()
 started = time.perf_counter()
 result = logic.register(fixed, moving, device="cpu", on_progress=progress)
 total = time.perf_counter() - started
+if warm:
+    logic.stop_worker()
 timings = result.summary.get("timings_s", {})
 worker = marks["worker_exited"] - marks["worker_started"]
 breakdown = {
     "total_s": total,
+    "request_to_engine_start_s": first["event"] - started,
     "register_s": timings.get("total"),
     "export_s": marks["export"],
     "worker_start_import_s": first["event"] - marks["worker_started"],
@@ -194,10 +203,10 @@ print(json.dumps(breakdown))
 """
 
 
-def run_slicer(code: Path, size: tuple) -> Dict[str, float]:
+def run_slicer(code: Path, size: tuple, warm: bool = False) -> Dict[str, float]:
     env = environment(code)
-    output = subprocess.run([sys.executable, "-c", SLICER_CASE, "x".join(str(n) for n in size)], env=env,
-                            capture_output=True, text=True)
+    output = subprocess.run([sys.executable, "-c", SLICER_CASE, "x".join(str(n) for n in size),
+                             "warm" if warm else "cold"], env=env, capture_output=True, text=True)
     if output.returncode != 0:
         raise RuntimeError(output.stderr[-2000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -217,7 +226,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", action="append", default=[], metavar="NAME=FOLDER",
                         help="a LearnGNSlicer folder to measure (repeatable; default: this checkout's)")
-    parser.add_argument("--cases", default="demo,pair,ct,slicer", help="comma-separated: demo,pair,ct,slicer")
+    parser.add_argument("--cases", default="demo,pair,ct,slicer,slicer-warm",
+                        help="comma-separated: demo,pair,ct,slicer,slicer-warm")
     parser.add_argument("--slicer-size", default="x".join(str(n) for n in SLICER_SIZE))
     parser.add_argument("--workdir", default="/tmp/learngn-benchmark-user")
     args = parser.parse_args(argv)
@@ -233,11 +243,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     for case in cases:
         for name, folder in codes.items():
             code = Path(folder).resolve()
-            if case == "slicer":
+            if case in ("slicer", "slicer-warm"):
+                warm = case == "slicer-warm"
+                if warm and not (code / "LearnGNSlicerLib" / "warm.py").is_file():
+                    continue  # that code has no warm worker
                 size = tuple(int(v) for v in args.slicer_size.split("x"))
-                figures = run_slicer(code, size)
-                slicer_rows.append([name, *[number(figures.get(k), 2) for k in (
-                    "total_s", "register_s", "outside_register_s", "export_s", "worker_start_import_s",
+                figures = run_slicer(code, size, warm)
+                slicer_rows.append([name + (", warm worker, 2nd run" if warm else ""), *[number(figures.get(k), 2) for k in (
+                    "total_s", "request_to_engine_start_s", "register_s", "outside_register_s", "export_s",
+                    "worker_start_import_s",
                     "worker_read_s", "worker_write_s", "worker_rest_s", "read_handover_s", "create_nodes_s",
                     "other_s")]])
             else:
@@ -252,8 +266,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "write (s)", "report (s)", "written (MB)", "peak RSS (MB)", "demo error (mm)"]))
     if slicer_rows:
         print(f"\nSlicer logic path, {args.slicer_size} int16 pair, real MRML (slicer-core), seconds:")
-        print(table(slicer_rows, ["code", "request to nodes", "register()", "outside register()", "export",
-                                  "worker start + imports", "worker read", "worker write", "worker summary + exit",
+        print(table(slicer_rows, ["code", "request to nodes", "request to engine start", "register()",
+                                  "outside register()", "export", "worker start + imports", "worker read", "worker write", "worker summary + exit",
                                   "read hand-over", "create nodes", "other (polling)"]))
     return 0
 
