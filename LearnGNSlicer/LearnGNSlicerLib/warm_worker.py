@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Callable, Optional, Sequence, TextIO
 
@@ -29,6 +30,13 @@ def entry_point(module: str) -> Callable[[Sequence[str]], int]:
         if callable(getattr(found, "main", None)):
             return found.main
     raise ImportError(f"{module} has no main(argv) to run requests with")
+
+
+def _mark_request_start() -> None:
+    """Tell the engine's command line that its process-age timing counts from this request."""
+    pipeline = sys.modules.get("learngn.cli.pipeline")
+    if pipeline is not None and hasattr(pipeline, "REQUEST_STARTED"):
+        pipeline.REQUEST_STARTED = time.monotonic()
 
 
 def _emit(stream: TextIO, payload: dict) -> None:
@@ -49,6 +57,7 @@ def serve(module: str = "learngn", requests: Optional[TextIO] = None, out: Optio
             continue
         if request.get("cwd"):
             os.chdir(request["cwd"])
+        _mark_request_start()
         try:
             code = main(argv)
         except SystemExit as stop:

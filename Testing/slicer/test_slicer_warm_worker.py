@@ -133,3 +133,5 @@ def test_the_real_engine_serves_two_runs_from_one_process(scene, warm_logic):
         result = logic.register(fixed, moving, device="cpu", iterations=1, timeout=600)
         assert result.warped_node is not None
     assert logic.worker().starts == 1
+    timings = result.summary["timings_s"]  # the second run's process-age timing counts from its request
+    assert timings["since_process_start"] < timings["wall"] + 1.0, timings
