@@ -10,6 +10,7 @@ name with a clear message, so a stale list cannot cause silent mistakes.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,11 @@ BUILT_IN_PRESETS = [info.name for info in BUILT_IN]
 
 
 def _card_preset(card: Any) -> Optional[PresetInfo]:
-    if not isinstance(card, dict) or not card.get("preset"):
+    """The preset a model card offers, or None; like the engine (learngn.models.check_card), a card without
+    the checksum of its weights offers none."""
+    if not isinstance(card, dict) or not isinstance(card.get("preset"), str) or not card["preset"].strip():
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", str(card.get("sha256", ""))):
         return None
     settings = card.get("settings") if isinstance(card.get("settings"), dict) else {}
     features = settings.get("features") or ()

@@ -50,7 +50,9 @@ def test_enum_labels_are_readable():
 
 def test_presets_without_engine_come_from_model_cards(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "learngn", raising=False)
-    (tmp_path / "abdomen_ct_v1.json").write_text(json.dumps({"preset": "abdomen-ct", "description": "trained"}))
+    (tmp_path / "abdomen_ct_v1.json").write_text(json.dumps({"preset": "abdomen-ct", "description": "trained",
+                                                              "sha256": "0" * 64}))
+    (tmp_path / "unsigned.json").write_text(json.dumps({"preset": "unsigned", "description": "no checksum"}))
     (tmp_path / "abdomen_ct_v1.pt").write_bytes(b"")
     (tmp_path / "no_preset.json").write_text(json.dumps({"description": "a model card without preset"}))
     (tmp_path / "broken.json").write_text("{")
