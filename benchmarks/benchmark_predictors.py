@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LearnGNSlicer"))
 
 from learngn import gauss_newton as gn  # noqa: E402
+from learngn.settings import RegistrationSettings  # noqa: E402
 from learngn.predictors import GaussNewtonPredictors  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def training_step(model, crop: int, channels: int) -> Callable[[], None]:
     generator = torch.Generator().manual_seed(2)
     fixed = torch.rand(1, channels, crop, crop, crop, generator=generator)
     moving = torch.rand(1, channels, crop, crop, crop, generator=generator)
-    config = gn.GaussNewtonConfig(iterations=5, grid_stride=2, lambda_start=0.02, lambda_end=0.004)
+    config = RegistrationSettings(iterations=5, grid_stride=2, lambda_start=0.02, lambda_end=0.004)
 
     def run() -> None:
         model.zero_grad()

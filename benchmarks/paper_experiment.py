@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LearnGNSlicer"))
 
 from learngn.features import signed_distance_maps  # noqa: E402
-from learngn.gauss_newton import GaussNewtonConfig, gauss_newton, pool_to_grid, upsample_from_grid, warp  # noqa: E402
+from learngn.gauss_newton import gauss_newton, pool_to_grid, upsample_from_grid, warp  # noqa: E402
+from learngn.settings import RegistrationSettings  # noqa: E402
 from learngn.geometry import voxel_field_to_image  # noqa: E402
 from learngn.quality import dice_per_label, jacobian_statistics  # noqa: E402
 from learngn.solver import apply_laplacian  # noqa: E402
@@ -42,7 +43,7 @@ def load_case(folder: Path, case: str, shrink: int, clip_mm: float) -> Tuple[sit
     return image, labels, torch.from_numpy(sdm)[None]
 
 
-def adam_registration(fixed: torch.Tensor, moving: torch.Tensor, config: GaussNewtonConfig, iterations: int,
+def adam_registration(fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationSettings, iterations: int,
                       learning_rate: float) -> torch.Tensor:
     """First-order baseline: Adam on GN's energy, same grid and regulariser, lambda = the schedule's end."""
     shape = tuple(fixed.shape[2:])
@@ -85,8 +86,8 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--sdm-clip", type=float, default=100.0, help="distance (mm) beyond which maps are flat")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = GaussNewtonConfig(iterations=10, lambda_start=args.lambda_start, lambda_end=args.lambda_end, grid_stride=4,
-                               levels=args.levels)
+    config = RegistrationSettings(iterations=10, lambda_start=args.lambda_start, lambda_end=args.lambda_end, grid_stride=4,
+                                  levels=args.levels)
     cases = {case: load_case(args.data, case, args.shrink, args.sdm_clip) for case in args.cases}
     rows = []
     for fixed_case, moving_case in itertools.combinations(args.cases, 2):

@@ -7,7 +7,6 @@ Displacements are in voxels of the working grid, channels ordered like the array
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -16,30 +15,22 @@ import torch.nn.functional as F
 
 from .features import gaussian_smooth
 from .predictors import GaussNewtonPredictors, classic_terms
+from .settings import RegistrationSettings
 from .solver import SolverOptions, apply_laplacian, solve_regularised
 
 #: Called after each iteration with (level index, iteration index, iterations per level).
 IterationCallback = Callable[[int, int, int], None]
 
 
-@dataclass(frozen=True)
-class GaussNewtonConfig:
-    """Settings of the deformable stage (see ``RegistrationSettings`` for their meaning to users)."""
-
-    iterations: int = 10
-    lambda_start: float = 2.0
-    lambda_end: float = 0.4
-    grid_stride: int = 4
-    momentum: float = 0.5
-    update_smoothing: float = 0.0
-    levels: int = 1
-    solver: str = "torch"
-    solver_options: SolverOptions = SolverOptions()
-
-
 def lambda_schedule(start: float, end: float, iterations: int) -> List[float]:
     """Regularisation weights log-spaced from ``start`` to ``end``: coarse motion first, detail later."""
     return [float(v) for v in np.geomspace(start, end, max(iterations, 1))]
+
+
+def settings_schedule(settings: RegistrationSettings) -> List[float]:
+    """The lambda schedule of one level: the settings' schedule times their ``regularisation``."""
+    return lambda_schedule(settings.lambda_start * settings.regularisation,
+                           settings.lambda_end * settings.regularisation, settings.iterations)
 
 
 def identity_grid(shape: Tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -109,38 +100,42 @@ def _pyramid(volume: Optional[torch.Tensor], levels: int) -> List[Optional[torch
 
 
 def _run_level(fixed: torch.Tensor, moving: torch.Tensor, weight: Optional[torch.Tensor],
-               control: torch.Tensor, config: GaussNewtonConfig,
-               predictors: Optional[GaussNewtonPredictors], on_iteration: Callable[[int], None]) -> torch.Tensor:
+               control: torch.Tensor, settings: RegistrationSettings,
+               predictors: Optional[GaussNewtonPredictors], on_iteration: Callable[[int], None],
+               backend: str) -> torch.Tensor:
     shape = tuple(fixed.shape[2:])
-    stride = config.grid_stride
+    stride = settings.grid_stride
+    options = SolverOptions(settings.cg_tolerance, settings.cg_max_iterations)
     velocity = torch.zeros_like(control)
-    for iteration, lam in enumerate(lambda_schedule(config.lambda_start, config.lambda_end, config.iterations)):
+    for iteration, lam in enumerate(settings_schedule(settings)):
         displacement = upsample_from_grid(control, stride, shape)
         warped = warp(moving, displacement)
         hessian, gradient = gauss_newton_terms(warped, fixed, weight, predictors, stride)
         rhs = -gradient - lam * apply_laplacian(control[0])
-        delta = solve_regularised(hessian, rhs, lam, backend=config.solver, options=config.solver_options)
-        if config.update_smoothing > 0:
-            delta = gaussian_smooth(delta.unsqueeze(0), config.update_smoothing)[0]
-        velocity = config.momentum * velocity + delta.unsqueeze(0)
+        delta = solve_regularised(hessian, rhs, lam, backend=backend, options=options)
+        if settings.update_smoothing > 0:
+            delta = gaussian_smooth(delta.unsqueeze(0), settings.update_smoothing)[0]
+        velocity = settings.momentum * velocity + delta.unsqueeze(0)
         control = control + velocity
         on_iteration(iteration)
     return control
 
 
-def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, config: GaussNewtonConfig, *,
+def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: RegistrationSettings, *,
                  weight: Optional[torch.Tensor] = None, predictors: Optional[GaussNewtonPredictors] = None,
-                 on_iteration: Optional[IterationCallback] = None) -> torch.Tensor:
+                 on_iteration: Optional[IterationCallback] = None, backend: str = "torch") -> torch.Tensor:
     """Displacement ``(1, 3, D, H, W)`` in voxels that warps ``moving`` onto ``fixed`` (both ``(1, C, ...)``).
 
-    Differentiable with respect to the predictors' weights and the inputs, for training.
+    Reads the Gauss-Newton fields of ``settings`` (the same type the presets, the model cards and training
+    use); ``backend`` is the resolved solver (see :func:`learngn.solver.resolve_backend`).  Differentiable
+    with respect to the predictors' weights and the inputs, for training.
     """
-    fixed_levels = _pyramid(fixed, config.levels)
-    moving_levels = _pyramid(moving, config.levels)
-    weight_levels = _pyramid(weight, config.levels)
-    stride = config.grid_stride
+    fixed_levels = _pyramid(fixed, settings.levels)
+    moving_levels = _pyramid(moving, settings.levels)
+    weight_levels = _pyramid(weight, settings.levels)
+    stride = settings.grid_stride
     displacement = None
-    for level in reversed(range(config.levels)):
+    for level in reversed(range(settings.levels)):
         shape = tuple(fixed_levels[level].shape[2:])
         if displacement is None:
             grid_shape = [int(np.ceil(n / stride)) for n in shape]
@@ -151,9 +146,9 @@ def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, config: GaussNewtonC
 
         def report(iteration: int, level: int = level) -> None:
             if on_iteration is not None:
-                on_iteration(config.levels - 1 - level, iteration, config.iterations)
+                on_iteration(settings.levels - 1 - level, iteration, settings.iterations)
 
         control = _run_level(fixed_levels[level], moving_levels[level], weight_levels[level], control,
-                             config, predictors, report)
+                             settings, predictors, report, backend)
         displacement = upsample_from_grid(control, stride, shape)
     return displacement

@@ -18,7 +18,7 @@ from . import __version__
 from .device import default_working_voxels, describe, is_out_of_memory, resolve_device
 from .errors import InputError
 from .features import intensity_window, mind_ssc, signed_distance_maps, union_labels
-from .gauss_newton import GaussNewtonConfig, gauss_newton, warp
+from .gauss_newton import gauss_newton, warp
 from .geometry import working_grid, working_spacing
 from .models import load_model
 from .predictors import GaussNewtonPredictors, refined
@@ -28,7 +28,7 @@ from .prealign import prealign
 from .progress import ProgressEvent, ProgressTracker
 from .sampling import label_array, ones_on_grid, resample_on_device, voxel_sample
 from .settings import RegistrationSettings, get_preset
-from .solver import SolverOptions, resolve_backend
+from .solver import resolve_backend
 from .validation import check_image, check_label_image
 
 #: Below this share of the fixed grid covered by the pre-aligned moving image, registration is pointless.
@@ -155,16 +155,6 @@ def _weight(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transfor
     return weight
 
 
-def _gauss_newton_config(settings: RegistrationSettings, device: torch.device) -> GaussNewtonConfig:
-    return GaussNewtonConfig(
-        iterations=settings.iterations, levels=settings.levels, grid_stride=settings.grid_stride,
-        lambda_start=settings.lambda_start * settings.regularisation,
-        lambda_end=settings.lambda_end * settings.regularisation,
-        momentum=settings.momentum, update_smoothing=settings.update_smoothing,
-        solver=resolve_backend(settings.solver, device),
-        solver_options=SolverOptions(settings.cg_tolerance, settings.cg_max_iterations))
-
-
 def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform],
                 settings: RegistrationSettings, device: torch.device,
                 tracker: ProgressTracker) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -183,18 +173,18 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
         moving_features = _features(inputs.moving_normalised, inputs.moving_segmentation, grid, transform, inputs,
                                     settings, device, predictors)
     weight = _weight(inputs, grid, transform, device)
-    config = _gauss_newton_config(settings, device)
+    backend = resolve_backend(settings.solver, device)
     tracker.start("gauss-newton", f"Gauss-Newton on {device}")
-    total_steps = config.iterations * config.levels
+    total_steps = settings.iterations * settings.levels
 
     def on_iteration(level: int, iteration: int, per_level: int) -> None:
         step = level * per_level + iteration + 1
-        tracker.update(step / total_steps, f"level {level + 1}/{config.levels}, iteration {iteration + 1}/{per_level}")
+        tracker.update(step / total_steps, f"level {level + 1}/{settings.levels}, iteration {iteration + 1}/{per_level}")
 
     with torch.no_grad():
         term_predictors = None if predictors is None or predictors.computes_classic_terms() else predictors
-        displacement = gauss_newton(fixed_features, moving_features, config, weight=weight,
-                                    predictors=term_predictors, on_iteration=on_iteration)
+        displacement = gauss_newton(fixed_features, moving_features, settings, weight=weight,
+                                    predictors=term_predictors, on_iteration=on_iteration, backend=backend)
         residual = {
             "feature_residual_prealigned": _mean_squared(fixed_features - moving_features, weight),
             "feature_residual_after": _mean_squared(fixed_features - warp(moving_features, displacement), weight),

@@ -18,7 +18,7 @@ from learngn.training.config import registration_settings_keys
 from learngn.training.evaluation import evaluate, hd95, parse_method
 from learngn.training.peers import PEERS, Peer
 from learngn.training.synthesis import SynthesisOptions, synthetic_ct, synthetic_ct_image
-from learngn.training.trainer import gn_config, prepare_data, sample_loss, training_sample
+from learngn.training.trainer import prepare_data, sample_loss, training_sample
 
 CASES = 5
 
@@ -39,7 +39,7 @@ def tiny_config(folder: Path, output: Path, **changes) -> TrainConfig:
                   lambda_end=0.01, crop=(12, 12, 12), steps=3, learning_rate=5e-3, val_every=2, val_pairs=1,
                   checkpoint_every=1, threads=1)
     values.update(changes)
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 def state_of(path: Path):
@@ -108,11 +108,11 @@ def test_training_steps_reduce_the_loss(tiny_labels, tmp_path):
                          learning_rate=1e-3, val_pairs=0)
     data = prepare_data(config, validation=False)
     sample = training_sample(config, data, 1, 0)
-    before, _ = sample_loss(config, learngn.training.trainer.GaussNewtonPredictors(), gn_config(config), sample)
+    before, _ = sample_loss(config, learngn.training.trainer.GaussNewtonPredictors(), sample)
     result = train(config, progress=False)
     model = learngn.training.trainer.GaussNewtonPredictors()
     model.load_state_dict(state_of(result.weights))
-    after, _ = sample_loss(config, model, gn_config(config), sample)
+    after, _ = sample_loss(config, model, sample)
     assert float(after.detach()) < float(before.detach())
     for name in ("log.csv", "curves.png", "config.json", "summary.json", "checkpoint.pt", "model.pt"):
         assert (tmp_path / "run" / name).is_file()
@@ -318,7 +318,7 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch)
     args.command_line = ["learngn", *argv, "--resume"]  # what learngn.cli.main records
     assert train_command.run(args) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["crop"] == [12, 12, 12] and saved["lambda_start"] in (0.05, 0.5)
+    assert saved["crop"] == [12, 12, 12] and saved["registration"]["lambda_start"] in (0.05, 0.5)
     assert (tmp_path / "run" / "tuning.csv").is_file()
     card = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))
     assert shlex.split(card["command"]) == ["learngn", *argv], "the card must hold the command that reproduces it"
@@ -360,3 +360,17 @@ def test_residual_only_training_keeps_the_jacobian_stencils(tiny_labels, tmp_pat
     trained, initial = state_of(result.weights), GaussNewtonPredictors().state_dict()
     assert all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("jacobian."))
     assert not all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("residual."))
+
+
+def test_training_reads_the_products_gauss_newton_settings():
+    """One source for the Gauss-Newton settings: training trains the registration the presets run, and a
+    flat option (--lambda-start, an older config.json) lands in that one type."""
+    config = TrainConfig(output="x", labels_dir="y")
+    product = learngn.RegistrationSettings()
+    for name in ("iterations", "levels", "grid_stride", "lambda_start", "lambda_end", "momentum", "regularisation"):
+        assert getattr(config.registration, name) == getattr(product, name), name
+    flat = TrainConfig.from_dict({"output": "x", "labels_dir": "y", "lambda_start": 0.3, "iterations": 3})
+    assert (flat.registration.lambda_start, flat.registration.iterations) == (0.3, 3)
+    assert TrainConfig.from_dict(flat.to_dict()) == flat
+    assert flat.replace(grid_stride=3).registration.grid_stride == 3
+    assert flat.registration_settings()["lambda_start"] == 0.3

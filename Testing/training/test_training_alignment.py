@@ -45,7 +45,7 @@ def config_for(folder: Path, output: Path, **changes) -> TrainConfig:
                   working_spacing=10.0, grid_stride=2, iterations=2, lambda_start=0.05, lambda_end=0.01,
                   crop=None, augment=False, steps=2, val_pairs=0, checkpoint_every=1, threads=1)
     values.update(changes)
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 def oblique_grid(size, spacing, origin, angle) -> sitk.Image:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import InputError
+from ..settings import RegistrationSettings
 
 SETTINGS = ("sdm", "synthetic", "images")
 TRAINABLE = ("all", "residual", "jacobian", "features")
@@ -15,9 +16,18 @@ TRAINABLE = ("all", "residual", "jacobian", "features")
 
 def registration_settings_keys() -> set:
     """Field names of learngn.RegistrationSettings (what a model card's settings may hold)."""
-    from ..settings import RegistrationSettings
-
     return {f.name for f in dataclasses.fields(RegistrationSettings)}
+
+
+#: Training crops and augments on one working grid for every case (in working voxels), so a run fixes its
+#: spacing; register() picks one per scan from its voxel budget.  Recorded in the model card.
+TRAINING_WORKING_SPACING_MM = 6.0
+
+
+def default_registration() -> RegistrationSettings:
+    """The product's own Gauss-Newton settings (one source: RegistrationSettings) on the training grid."""
+    return RegistrationSettings(working_spacing=TRAINING_WORKING_SPACING_MM)
+
 #: The paper's validation cases of the shared Learn2Reg abdomen label maps: never trained on.
 ABDOMEN_VALIDATION_CASES = ("0001", "0004", "0007", "0010", "0023")
 
@@ -29,15 +39,9 @@ class TrainConfig:
     labels_dir: Optional[str] = None             # or a folder of label maps
     validation_cases: Tuple[str, ...] = ABDOMEN_VALIDATION_CASES
     setting: str = "sdm"                         # sdm | synthetic (MIND of synthetic CT) | images (MIND)
-    # the registration the model is trained for (these go into the model card's settings)
-    working_spacing: float = 6.0
-    grid_stride: int = 2
-    iterations: int = 5
-    lambda_start: float = 0.5
-    lambda_end: float = 0.1
-    momentum: float = 0.5
-    sdm_clip_mm: float = 40.0
-    mind_dilation: int = 2
+    # the registration the model is trained for, in the product's own type (it goes into the model card);
+    # the features follow ``setting``
+    registration: RegistrationSettings = field(default_factory=default_registration)
     # optimisation
     steps: int = 100
     batch_size: int = 1                          # pairs per optimiser step
@@ -52,6 +56,7 @@ class TrainConfig:
     folding_weight: float = 0.0                  # weight of mean(relu(0.1 - det(I + grad u)))
     crop: Optional[Tuple[int, int, int]] = (40, 40, 40)   # working voxels; None = whole volume
     prealign: str = "none"                       # none | com | affine: pre-align each training pair as register() does
+                                                 # (the card's prealign where not none; not moved into registration)
     augment: bool = True
     rotation_degrees: float = 8.0
     scale: float = 0.08
@@ -81,8 +86,14 @@ class TrainConfig:
             raise InputError(f"unknown pre-alignment {self.prealign!r}; use none, com or affine")
         if self.loss not in ("dice", "ce"):
             raise InputError(f"unknown loss {self.loss!r}; use dice or ce")
-        if self.steps < 0 or self.batch_size < 1 or self.iterations < 1:
-            raise InputError("steps must be >= 0, batch size and iterations >= 1")
+        if self.steps < 0 or self.batch_size < 1:
+            raise InputError("steps must be >= 0 and the batch size >= 1")
+        if self.registration.working_spacing is None:
+            raise InputError("training needs a working spacing (--working-spacing MM): crops are in working voxels")
+        consistent = {"features": self.features}
+        if self.setting == "synthetic":
+            consistent["intensity_normalisation"] = "ct"
+        object.__setattr__(self, "registration", self.registration.replace(**consistent))
 
     @property
     def features(self) -> Tuple[str, ...]:
@@ -90,17 +101,27 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["registration"] = self.registration.to_dict()
         out["validation_cases"] = list(self.validation_cases)
         out["crop"] = list(self.crop) if self.crop else None
         return out
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        """Options as saved by :meth:`to_dict`; registration settings may also stand at the top level (the
+        command line's --iterations, --working-spacing ..., and configs written before they moved)."""
+        values = dict(values)
+        registration = dict(values.pop("registration", None) or {})
         names = {f.name for f in dataclasses.fields(cls)}
+        for key in (registration_settings_keys() - names) & set(values):
+            registration[key] = values.pop(key)
         unknown = sorted(set(values) - names)
         if unknown:
             raise InputError(f"unknown training option(s) {', '.join(unknown)}")
-        values = dict(values)
+        if registration:
+            if isinstance(registration.get("features"), list):
+                registration["features"] = tuple(registration["features"])
+            values["registration"] = default_registration().replace(**registration)
         if values.get("validation_cases") is not None:
             values["validation_cases"] = tuple(values["validation_cases"])
         if values.get("crop"):
@@ -108,23 +129,20 @@ class TrainConfig:
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``; registration settings (``lambda_start=...``) go to ``registration``."""
+        own = {f.name for f in dataclasses.fields(self)}
+        moved = {k: changes.pop(k) for k in (registration_settings_keys() - own) & set(changes)}
+        if moved:
+            changes["registration"] = changes.get("registration", self.registration).replace(**moved)
         return dataclasses.replace(self, **changes)
 
     def registration_settings(self) -> Dict[str, Any]:
-        """The RegistrationSettings fields that reproduce, in learngn.register, what the model was trained in."""
-        settings: Dict[str, Any] = {
-            "features": list(self.features), "iterations": self.iterations, "levels": 1,
-            "grid_stride": self.grid_stride, "lambda_start": self.lambda_start, "lambda_end": self.lambda_end,
-            "momentum": self.momentum, "working_spacing": self.working_spacing,
-        }
+        """The RegistrationSettings fields that reproduce, in learngn.register, what the model was trained in
+        (every field, so a later change of a default does not change what the card means)."""
+        settings = self.registration.to_dict()
+        settings.pop("model", None)
         if self.prealign != "none":
             settings["prealign"] = self.prealign
-        if self.setting == "sdm":
-            settings["sdm_clip_mm"] = self.sdm_clip_mm
-        else:
-            settings["mind_dilation"] = self.mind_dilation
-        if self.setting == "synthetic":
-            settings["intensity_normalisation"] = "ct"
         return settings
 
     def save(self, path: Path) -> None:

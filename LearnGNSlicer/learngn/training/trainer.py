@@ -24,9 +24,10 @@ import torch
 
 from ..errors import InputError
 from ..features import CT_WINDOW, intensity_window, mind_ssc, normalise_intensity
-from ..gauss_newton import GaussNewtonConfig, gauss_newton, warp
+from ..gauss_newton import gauss_newton, warp
 from ..predictors import GaussNewtonPredictors
 from ..quality import dice_per_label
+from ..settings import RegistrationSettings
 from .alignment import PairAligner, through
 from .augment import AugmentOptions, crop_coordinates, crop_start, random_coordinates, sample
 from .config import TrainConfig
@@ -63,13 +64,6 @@ class PreparedData:
     aligner: PairAligner = field(default_factory=lambda: PairAligner("none"))
 
 
-def gn_config(config: TrainConfig) -> GaussNewtonConfig:
-    """The same Gauss-Newton configuration learngn.register builds from the card's settings (CPU solver)."""
-    return GaussNewtonConfig(iterations=config.iterations, lambda_start=config.lambda_start,
-                             lambda_end=config.lambda_end, grid_stride=config.grid_stride,
-                             momentum=config.momentum, levels=1, solver="torch")
-
-
 def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, validation: bool = True) -> PreparedData:
     dataset = dataset or open_dataset(config.dataset, config.labels_dir, config.validation_cases)
     dataset.check_disjoint()
@@ -79,7 +73,7 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
     pairs = dataset.validation_pairs[: config.val_pairs] if validation else []
     val_names = sorted({c for p in pairs for c in (p.fixed, p.moving)})
     with_image = config.setting == "images" or config.prealign != "none"  # pre-alignment uses the images
-    loaded = {n: load_case(dataset.cases[n], config.working_spacing, [], with_sdm=False, with_image=with_image)
+    loaded = {n: load_case(dataset.cases[n], config.registration.working_spacing, [], with_sdm=False, with_image=with_image)
               for n in list(names) + val_names}
     if config.setting == "images" and any(loaded[n].image is None for n in loaded):
         raise InputError("the 'images' setting needs an image for every case; use 'synthetic' for label maps alone")
@@ -92,7 +86,7 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
     boxes = {}
     for name, case in loaded.items():
         if config.setting == "sdm":
-            case.sdm = signed_distance_maps(case.labels, values, config.working_spacing, config.sdm_clip_mm)
+            case.sdm = signed_distance_maps(case.labels, values, config.registration.working_spacing, config.registration.sdm_clip_mm)
         if case.image is not None:
             windows[name] = intensity_window(case.image.ravel(), "auto")
         coords = np.nonzero(case.labels)
@@ -132,9 +126,9 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
         hard = labels[0].argmax(0)
         if generator is None:
             hu = synthetic_ct(hard, torch.Generator().manual_seed(case_seed(case.name)),
-                              spacing_mm=config.working_spacing, mode="ct", n_labels=data.n_classes)
+                              spacing_mm=config.registration.working_spacing, mode="ct", n_labels=data.n_classes)
         else:
-            hu = synthetic_ct(hard, generator, spacing_mm=config.working_spacing, mode=config.synthesis,
+            hu = synthetic_ct(hard, generator, spacing_mm=config.registration.working_spacing, mode=config.synthesis,
                               n_labels=data.n_classes)
         intensity = normalise_intensity(hu, CT_WINDOW)
     else:
@@ -142,7 +136,7 @@ def case_tensors(config: TrainConfig, data: PreparedData, case: CaseData, coords
         if coords is not None:
             image = sample(image, coords)
         intensity = normalise_intensity(image, data.windows[case.name])
-    return CaseTensors(mind_ssc(intensity, dilation=config.mind_dilation), labels, intensity)
+    return CaseTensors(mind_ssc(intensity, dilation=config.registration.mind_dilation), labels, intensity)
 
 
 def model_features(model: Optional[torch.nn.Module], case: CaseTensors) -> torch.Tensor:
@@ -177,7 +171,7 @@ def training_sample(config: TrainConfig, data: PreparedData, step: int, index: i
     tensors = []
     for case, matrix in ((fixed, None), (moving, alignment)):
         if config.augment:
-            coords = random_coordinates(start, crop, config.working_spacing, generator, _augment_options(config))
+            coords = random_coordinates(start, crop, config.registration.working_spacing, generator, _augment_options(config))
         elif config.crop or matrix is not None:
             coords = crop_coordinates(start, crop)
         else:
@@ -203,25 +197,26 @@ def whole_pair(config: TrainConfig, data: PreparedData, fixed: CaseData, moving:
             case_tensors(config, data, moving, aligned_coordinates(data, fixed, moving), None, channels))
 
 
-def register_cases(model: Optional[torch.nn.Module], config_gn: GaussNewtonConfig, fixed: CaseTensors,
+def register_cases(model: Optional[torch.nn.Module], settings: RegistrationSettings, fixed: CaseTensors,
                    moving: CaseTensors) -> torch.Tensor:
-    """The displacement (voxels) that the model (None: classic GN) finds between two cases."""
-    return gauss_newton(model_features(model, fixed), model_features(model, moving), config_gn, predictors=model)
+    """The displacement (voxels) that the model (None: classic GN) finds between two cases: the engine's
+    Gauss-Newton with the settings the model card will hold (torch solver)."""
+    return gauss_newton(model_features(model, fixed), model_features(model, moving), settings, predictors=model)
 
 
 def score_pair(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.Module], fixed: CaseData,
                moving: CaseData) -> Tuple[float, torch.Tensor]:
     """Dice on the working grid and displacement of one whole-volume pair (no augmentation)."""
     fixed_case, moving_case = whole_pair(config, data, fixed, moving)
-    displacement = register_cases(model, gn_config(config), fixed_case, moving_case)
+    displacement = register_cases(model, config.registration, fixed_case, moving_case)
     return hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)), displacement
 
 
-def sample_loss(config: TrainConfig, model: torch.nn.Module, config_gn: GaussNewtonConfig, sample_: TrainingSample
+def sample_loss(config: TrainConfig, model: torch.nn.Module, sample_: TrainingSample
                 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Label loss of the warped moving labels plus the weighted smoothness of the displacement."""
     fixed_labels, moving_labels = sample_.fixed.labels, sample_.moving.labels
-    displacement = register_cases(model, config_gn, sample_.fixed, sample_.moving)
+    displacement = register_cases(model, config.registration, sample_.fixed, sample_.moving)
     warped = warp(moving_labels, displacement)
     present = (fixed_labels.sum((0, 2, 3, 4)) > 0) | (moving_labels.sum((0, 2, 3, 4)) > 0)
     if config.loss == "dice":
@@ -386,7 +381,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         log.append({"step": 0, "loss": None, "label_loss": None, "smoothness": None, "train_dice": None,
                     "val_dice": val_initial, "seconds": 0.0})
     last_val = next((r["val_dice"] for r in reversed(log) if r.get("val_dice") is not None), None)
-    config_gn = gn_config(config)
     started = time.perf_counter()
     for step in range(first_step + 1, config.steps + 1):
         model.train()
@@ -394,7 +388,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         totals = {"loss": 0.0, "label_loss": 0.0, "smoothness": 0.0, "train_dice": 0.0}
         for index in range(config.batch_size):
             sample_ = training_sample(config, data, step, index)
-            loss, parts = sample_loss(config, model, config_gn, sample_)
+            loss, parts = sample_loss(config, model, sample_)
             (loss / config.batch_size).backward()
             for key, value in parts.items():
                 totals[key] += value / config.batch_size
@@ -427,8 +421,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     weights = output / "model.pt"
     torch.save(model.state_dict(), weights)
     write_log(output / "log.csv", log)
-    plot_curves(output / "curves.png", log, f"{config.setting}, {config.working_spacing} mm, stride "
-                f"{config.grid_stride}, {config.iterations} GN iterations, lambda {config.lambda_start}->{config.lambda_end}")
+    gn = config.registration
+    plot_curves(output / "curves.png", log, f"{config.setting}, {gn.working_spacing} mm, stride {gn.grid_stride}, "
+                f"{gn.levels} level(s) of {gn.iterations} GN iterations, lambda {gn.lambda_start}->{gn.lambda_end}")
     val_final = next((r["val_dice"] for r in reversed(log) if r.get("val_dice") is not None), None)
     summary = {"steps": config.steps, "val_dice_initial": val_initial, "val_dice_final": val_final,
                "validation_pairs": [[p.fixed, p.moving] for p in data.validation_pairs],

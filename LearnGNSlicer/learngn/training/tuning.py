@@ -21,7 +21,7 @@ from ..geometry import voxel_field_to_image
 from ..quality import jacobian_statistics
 from .config import TrainConfig
 from .progressbar import ProgressBar
-from .trainer import PreparedData, gn_config, hard_dice, prepare_data, register_cases, score_pair, whole_pair
+from .trainer import PreparedData, hard_dice, prepare_data, register_cases, score_pair, whole_pair
 
 
 @dataclass
@@ -55,7 +55,7 @@ def tune_lambda(config: TrainConfig, starts: Sequence[float], ratios: Sequence[f
         dices, folds, stds = [], [], []
         for (i, j), (fixed_case, moving_case, reference) in cached.items():
             with torch.no_grad():
-                displacement = register_cases(None, gn_config(candidate), fixed_case, moving_case)
+                displacement = register_cases(None, candidate.registration, fixed_case, moving_case)
                 dices.append(hard_dice(fixed_case.labels, warp(moving_case.labels, displacement)))
             stats = jacobian_statistics(voxel_field_to_image(displacement, reference))
             folds.append(stats["negative_jacobian_percent"])
