@@ -59,31 +59,55 @@ def _batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(1).view(-1, 1, 1, 1)
 
 
+def _grid_degree(shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Number of grid neighbours of every node (the Laplacian's diagonal), shape ``(1, D, H, W)``."""
+    degree = torch.zeros((1, *shape), dtype=like.dtype, device=like.device)
+    for dim in (1, 2, 3):
+        n = degree.shape[dim]
+        if n > 1:
+            degree.narrow(dim, 0, n - 1).add_(1.0)
+            degree.narrow(dim, 1, n - 1).add_(1.0)
+    return degree
+
+
+def system_diagonal(lam: float, diag: torch.Tensor) -> torch.Tensor:
+    """The diagonal of ``lam * L + diag(diag)`` (with the epsilon), the Jacobi preconditioner's inverse."""
+    return lam * (_grid_degree(tuple(diag.shape[1:]), diag) + DIAGONAL_EPSILON) + diag
+
+
 def solve_torch(lam: float, diag: torch.Tensor, rhs: torch.Tensor, options: SolverOptions) -> torch.Tensor:
-    """Matrix-free conjugate gradients, one independent system per leading index."""
+    """Matrix-free conjugate gradients with a Jacobi preconditioner, one independent system per leading index.
+
+    The data term makes the diagonal vary by orders of magnitude between edges and flat regions; scaling by
+    it reaches the tolerance in a fraction of the iterations plain CG needs on fine control grids.
+    """
     diag = diag + lam * DIAGONAL_EPSILON
+    inverse_diagonal = 1.0 / system_diagonal(lam, diag - lam * DIAGONAL_EPSILON)
 
     def apply_a(v: torch.Tensor) -> torch.Tensor:
         return lam * apply_laplacian(v) + diag * v
 
+    tiny = torch.finfo(rhs.dtype).tiny
     x = torch.zeros_like(rhs)
     r = rhs.clone()
-    p = r.clone()
-    rs = _batched_dot(r, r)
-    threshold = (options.tol ** 2) * rs
+    z = inverse_diagonal * r
+    p = z.clone()
+    rz = _batched_dot(r, z)
+    threshold = (options.tol ** 2) * _batched_dot(r, r)
     for _ in range(options.maxiter):
-        active = rs > threshold
+        active = _batched_dot(r, r) > threshold
         if not bool(active.any()):
             break
         ap = apply_a(p)
         p_ap = _batched_dot(p, ap)
-        alpha = torch.where(active & (p_ap > 0), rs / p_ap.clamp_min(torch.finfo(p_ap.dtype).tiny), 0.0)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_new = _batched_dot(r, r)
-        beta = torch.where(active, rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), 0.0)
-        p = torch.where(active, r + beta * p, p)
-        rs = torch.where(active, rs_new, rs)
+        alpha = torch.where(active & (p_ap > 0), rz / p_ap.clamp_min(tiny), 0.0)
+        x.add_(alpha * p)
+        r.sub_(alpha * ap)
+        z = inverse_diagonal * r
+        rz_new = _batched_dot(r, z)
+        beta = torch.where(active, rz_new / rz.clamp_min(tiny), 0.0)
+        p = torch.where(active, z + beta * p, p)
+        rz = torch.where(active, rz_new, rz)
     return x
 
 
@@ -162,7 +186,8 @@ def _solve_csr(modules: _SparseModules, lam: float, diag: torch.Tensor, rhs: tor
     for axis in range(rhs.shape[0]):
         diagonal = d_b[axis].reshape(-1) + lam * DIAGONAL_EPSILON
         system = laplacian + sparse.diags(diagonal, format="csr")
-        kwargs = {keyword: options.tol, "maxiter": options.maxiter}
+        preconditioner = sparse.diags(1.0 / system.diagonal(), format="csr")   # Jacobi, as the torch solver
+        kwargs = {keyword: options.tol, "maxiter": options.maxiter, "M": preconditioner}
         solution, _ = modules.cg(system, b_b[axis].reshape(-1), **kwargs)
         solutions.append(solution.reshape(shape))
     return modules.to_torch(xp.stack(solutions), rhs)
