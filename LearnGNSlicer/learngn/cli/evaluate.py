@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 DEFAULT_METHODS = "identity,gn:segmentation-guided,convexadam,ants,elastix"
+#: What the accuracy suites compare by default: the default preset against every peer.
+SUITE_METHODS = "identity,learngn:generic,convexadam,ants,elastix"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -15,6 +18,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Register every pair with every method (learngn methods through learngn.register, the "
                     "product path) and write results.csv, summary.md and boxplot.png to OUTDIR. Peers whose "
                     "package is not installed are skipped with a note.")
+    suites = parser.add_argument_group("accuracy benchmark on the shared real data (docs/EVALUATION.md)")
+    suites.add_argument("--suite", metavar="NAMES",
+                        help="comma-separated: brain (15 labelled brain MRIs, not pre-aligned), ct (real CTs with "
+                             "known deformations), abdomen (synthetic CT of real abdomen anatomy), or all; "
+                             "replaces --dataset/--labels-dir")
+    suites.add_argument("--data", metavar="DIR", default=os.environ.get("LEARNGN_DATA"),
+                        help="the folder holding brain_mindboggle/, ct/ and abdomen_ctct_labels/ "
+                             "(default: $LEARNGN_DATA)")
+    suites.add_argument("--split", choices=("tuning", "reporting"), default="reporting",
+                        help="tuning: the cases that choose settings; reporting: the cases that choose nothing "
+                             "(default: %(default)s)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", metavar="JSON", help="Learn2Reg dataset.json: pairs from registration_val")
     data.add_argument("--labels-dir", metavar="DIR", help="folder of label maps; pairs among --validation-cases")
@@ -29,10 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="resample every case to this isotropic spacing first (labels nearest-neighbour), so "
                            "that slow peers fit a time budget; every method is scored on the same grid")
     data.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N pairs")
-    parser.add_argument("--methods", default=DEFAULT_METHODS,
+    parser.add_argument("--methods", default=None,
                         help="comma-separated: learngn:PRESET (as shipped), gn:PRESET (same settings, no learned "
                              "model), identity, convexadam, ants, elastix; overrides as learngn:PRESET:key=value;"
-                             "key=value (default: %(default)s)")
+                             "key=value (default: " + DEFAULT_METHODS + "; with --suite: " + SUITE_METHODS + ")")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     parser.add_argument("--prealign", choices=("none", "com", "affine"), default="none",
                         help="pre-alignment for the learngn methods (Learn2Reg pairs are already aligned: none)")
@@ -51,6 +65,9 @@ def _split_methods(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite:
+        return run_suites(args)
+    args.methods = args.methods or DEFAULT_METHODS
     from ..training.data import open_dataset
     from ..models import read_card
     from ..training.cards import record_validation
@@ -72,4 +89,23 @@ def run(args: argparse.Namespace) -> int:
                           markdown)
         print(f"recorded the validation figures in {card}")
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
+    return 0
+
+
+def run_suites(args: argparse.Namespace) -> int:
+    """``--suite``: the accuracy benchmark on the shared real data, one table per suite."""
+    from ..errors import InputError
+    from ..training.accuracy import SUITES, run_suites as run_accuracy_suites
+
+    if not args.data:
+        raise InputError("--suite needs the shared data: give --data DIR (the folder holding brain_mindboggle/, "
+                         "ct/ and abdomen_ctct_labels/) or set LEARNGN_DATA")
+    suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",") if s.strip()]
+    results = run_accuracy_suites(Path(args.data), suites, _split_methods(args.methods or SUITE_METHODS),
+                                  Path(args.output), split=args.split, device=args.device,
+                                  max_pairs=args.max_pairs, progress=args.progress == "bar",
+                                  log=lambda line: sys.stderr.write(f"learngn: note: {line}\n"))
+    for result in results:
+        print(result.markdown)
+    print(f"wrote {Path(args.output) / 'accuracy.md'} and one folder per suite")
     return 0

@@ -18,15 +18,17 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from ..geometry import displacement_transform, working_grid
+from ..geometry import compose_to_field, displacement_transform, working_grid
 from ..quality import dice_per_label, jacobian_statistics
 from ..sampling import resample
 from .data import Dataset, Pair, read_image
-from .peers import PEERS
+from .peers import PEERS, ants_affine
 from .progressbar import ProgressBar
 from .synthesis import case_seed, synthetic_ct_image
 
 IMAGE_SOURCES = ("dataset", "synthetic-ct")
+#: Above this many labels the summary leaves out the per-label table (results.csv keeps every label).
+MAX_LABEL_COLUMNS = 20
 
 
 @dataclass(frozen=True)
@@ -216,16 +218,36 @@ def run_method(method: Method, fixed: EvalCase, moving: EvalCase, prealign: str,
         seconds = time.perf_counter() - started
         jacobian = {k: result.metrics[k] for k in ("negative_jacobian_percent", "log_jacobian_std")}
         return result.displacement, seconds, jacobian
-    field_image = PEERS[method.kind].run(fixed.image, moving.image, fixed.labels, moving.labels)
+    peer = PEERS[method.kind]
+    if prealign != "none" and not peer.has_affine:
+        field_image = peer_after_affine(peer, fixed, moving)
+    else:
+        field_image = peer.run(fixed.image, moving.image, fixed.labels, moving.labels)
     return field_image, time.perf_counter() - started, {}
+
+
+def peer_after_affine(peer, fixed: EvalCase, moving: EvalCase) -> sitk.Image:
+    """A peer without an affine stage of its own run on the moving image after ANTs' affine registration
+    (what such a peer's users do), the two composed into one field on the fixed grid."""
+    if not PEERS["ants"].available():
+        raise RuntimeError(f"{peer.name} needs an affine pre-alignment here, and it comes from ANTs: pip install antspyx")
+    affine = ants_affine(fixed.image, moving.image)
+    background = float(np.min(sitk.GetArrayViewFromImage(moving.image)))
+    aligned = resample(moving.image, fixed.image, affine, sitk.sitkLinear, background)
+    deformable = peer.run(fixed.image, aligned, None, None)
+    return compose_to_field([affine, displacement_transform(deformable)], fixed.image)
 
 
 def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: Optional[Sequence[Pair]] = None,
              images: str = "dataset", prealign: str = "none", device: str = "cpu",
              landmarks_dir: Optional[Path] = None, labels: Optional[Sequence[int]] = None,
              label_names: Optional[Dict[int, str]] = None, progress: bool = True, title: str = "",
-             log: Callable[[str], None] = lambda s: None, spacing: Optional[float] = None) -> EvaluationResult:
-    """Run every method on every pair and write results.csv, summary.md and boxplot.png to ``output``."""
+             log: Callable[[str], None] = lambda s: None, spacing: Optional[float] = None,
+             min_label_voxels: int = 0) -> EvaluationResult:
+    """Run every method on every pair and write results.csv, summary.md and boxplot.png to ``output``.
+
+    With ``min_label_voxels``, each pair is scored on the labels that have at least that many voxels in
+    both of its maps (label sets differ between people); otherwise on ``labels`` (all labels found)."""
     if spacing is not None and not spacing > 0:
         raise InputError(f"the evaluation spacing must be a positive number of mm, not {spacing!r}")
     if images not in IMAGE_SOURCES:
@@ -254,11 +276,12 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
     bar = ProgressBar(len(pairs) * len(runnable), "evaluate", enabled=progress)
     for pair in pairs:
         fixed, moving = cases[pair.fixed], cases[pair.moving]
+        pair_labels = shared_labels(fixed.labels, moving.labels, min_label_voxels) if min_label_voxels else labels
         landmarks = (fixed.landmarks, moving.landmarks) if fixed.landmarks is not None and moving.landmarks is not None else None
         for method in runnable:
             try:
                 field_image, seconds, jacobian = run_method(method, fixed, moving, prealign, device)
-                figures = score(field_image, fixed.labels, moving.labels, labels, landmarks, fixed.image, jacobian)
+                figures = score(field_image, fixed.labels, moving.labels, pair_labels, landmarks, fixed.image, jacobian)
                 status = "ok"
             except InputError:
                 raise
@@ -279,6 +302,17 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
                                  encoding="utf-8")
     boxplot(files["png"], rows, title)
     return EvaluationResult(rows, notes, files)
+
+
+def shared_labels(fixed: Optional[sitk.Image], moving: Optional[sitk.Image], min_voxels: int) -> List[int]:
+    """Non-zero labels with at least ``min_voxels`` voxels in both label maps."""
+    if fixed is None or moving is None:
+        return []
+    found = []
+    for image in (fixed, moving):
+        values, counts = np.unique(sitk.GetArrayViewFromImage(image), return_counts=True)
+        found.append({int(v) for v, c in zip(values, counts) if v != 0 and c >= min_voxels})
+    return sorted(found[0] & found[1])
 
 
 def write_csv(path: Path, rows: List[Dict[str, object]]) -> None:
@@ -309,12 +343,14 @@ def _stat(rows, method, key) -> Tuple[float, float, int]:
 
 def markdown_summary(rows, labels, label_names, notes, title="") -> str:
     methods = _methods_in_order(rows)
-    has = {k: any(k in r for r in rows) for k in ("dice", "hd95", "tre")}
+    has = {k: any(k in r for r in rows) for k in ("dice", "hd95", "tre", "error_mean")}
     header = ["method", "pairs"]
     if has["dice"]:
         header += ["Dice (mean ± sd)", "HD95 mm"]
     if has["tre"]:
         header += ["TRE mm"]
+    if has["error_mean"]:
+        header += ["error mm (mean)", "error mm (95th pct)"]
     header += ["% neg. Jacobian", "std log J", "time s"]
     lines = [f"## {title}" if title else "## Evaluation", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
@@ -327,11 +363,13 @@ def markdown_summary(rows, labels, label_names, notes, title="") -> str:
             cells.append(f"{_stat(ok, method, 'hd95')[0]:.1f}")
         if has["tre"]:
             cells.append(f"{_stat(ok, method, 'tre')[0]:.2f}")
+        if has["error_mean"]:
+            cells += [f"{_stat(ok, method, key)[0]:.2f}" for key in ("error_mean", "error_p95")]
         cells.append(f"{_stat(ok, method, 'negative_jacobian_percent')[0]:.3f}")
         cells.append(f"{_stat(ok, method, 'log_jacobian_std')[0]:.3f}")
         cells.append(f"{_stat(ok, method, 'seconds')[0]:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    if has["dice"]:
+    if has["dice"] and 0 < len(labels) <= MAX_LABEL_COLUMNS:
         lines += ["", "Mean Dice (%) per label:", "", "| method | " + " | ".join(
             str(label_names.get(int(l), l)) for l in labels) + " |", "|---|" + "---|" * len(labels)]
         for method in methods:
@@ -350,9 +388,10 @@ def boxplot(path: Path, rows: List[Dict[str, object]], title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     methods = _methods_in_order(rows)
-    keys = [k for k in ("dice", "hd95", "tre") if any(k in r for r in rows)] or ["negative_jacobian_percent"]
+    keys = [k for k in ("dice", "hd95", "tre", "error_mean") if any(k in r for r in rows)] or ["negative_jacobian_percent"]
     figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.0), squeeze=False)
     names = {"dice": "mean Dice per pair", "hd95": "mean HD95 per pair (mm)", "tre": "mean TRE per pair (mm)",
+             "error_mean": "mean field error per pair (mm)",
              "negative_jacobian_percent": "% negative Jacobian"}
     for axis, key in zip(axes[0], keys):
         data = [[float(r[key]) for r in rows if r["method"] == m and key in r and np.isfinite(float(r[key]))]

@@ -26,6 +26,7 @@ class Peer:
     package: str           # what to pip install
     description: str
     run: Callable[[sitk.Image, sitk.Image, Optional[sitk.Image], Optional[sitk.Image]], sitk.Image]
+    has_affine: bool = True   # False: deformable only, needs images that are already affinely aligned
 
     def available(self) -> bool:
         try:
@@ -83,6 +84,20 @@ def _ants_syn(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Imag
         return compose_to_field(transforms, fixed)
 
 
+def ants_affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    """ANTs' affine registration (rigid then affine, antspyx defaults): fixed points to moving points."""
+    import ants  # type: ignore
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for key, image in (("fixed", fixed), ("moving", moving)):
+            paths[key] = str(Path(folder) / f"{key}.nii.gz")
+            sitk.WriteImage(_float_copy(image), paths[key])
+        result = ants.registration(fixed=ants.image_read(paths["fixed"]), moving=ants.image_read(paths["moving"]),
+                                   type_of_transform="Affine", outprefix=str(Path(folder) / "ants_"))
+        return sitk.ReadTransform(result["fwdtransforms"][0])
+
+
 def _elastix_bspline(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Image:
     """elastix B-spline (default multi-resolution parameter map) through itk-elastix."""
     import itk  # type: ignore
@@ -109,7 +124,8 @@ def _elastix_bspline(fixed, moving, fixed_labels=None, moving_labels=None) -> si
 
 
 PEERS: Dict[str, Peer] = {
-    "convexadam": Peer("ConvexAdam", "convexAdam", "convexAdam", "MIND + convex optimisation + Adam", _convexadam),
+    "convexadam": Peer("ConvexAdam", "convexAdam", "convexAdam", "MIND + convex optimisation + Adam", _convexadam,
+                       has_affine=False),
     "ants": Peer("ANTs SyN", "ants", "antspyx", "affine + SyN (antspyx defaults)", _ants_syn),
     "elastix": Peer("elastix B-spline", "itk", "itk-elastix", "affine + B-spline (elastix default maps)",
                     _elastix_bspline),
