@@ -114,8 +114,9 @@ def _check_inputs(fixed, moving, fixed_mask, moving_mask, fixed_segmentation, mo
             raise InputError(f"the {name} is {image.GetSize()} voxels but its image is {reference.GetSize()}; "
                              "masks must be on the grid of their image (resample the mask first)")
     if "sdm" in settings.features and (fixed_segmentation is None or moving_segmentation is None):
-        raise InputError("the distance-map features need segmentations of both images; give "
-                         "fixed_segmentation and moving_segmentation, or choose a preset without 'sdm'")
+        raise InputError("these settings register segmentations (distance maps), so they need one of each "
+                         "image: pass fixed_segmentation= and moving_segmentation= (label images), or use a "
+                         "preset that registers the images alone, e.g. preset='generic'")
     labels = union_labels(fixed_labels, moving_labels)
     return _Inputs(
         fixed=fixed, moving=moving,

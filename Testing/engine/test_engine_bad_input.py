@@ -136,9 +136,9 @@ def test_mask_with_nan_is_refused():
 def test_distance_maps_without_segmentations(small_phantom, given):
     image, labels = small_phantom
     segmentations = {"fixed_segmentation": labels} if given == "fixed only" else {}
-    with pytest.raises(learngn.InputError, match="segmentations of both images"):
+    with pytest.raises(learngn.InputError, match="fixed_segmentation= and moving_segmentation="):
         learngn.register(image, image, preset="segmentation-guided", **segmentations)
-    with pytest.raises(learngn.InputError, match="segmentations of both images"):
+    with pytest.raises(learngn.InputError, match="fixed_segmentation= and moving_segmentation="):
         learngn.register(image, image, features="mind,sdm", **segmentations)
 
 
