@@ -131,9 +131,10 @@ def field_error(field: Optional[sitk.Image], truth: sitk.Image, mask: np.ndarray
     return {"error_mean": float(error.mean()), "error_p95": float(np.percentile(error, 95))}
 
 
-def ct_suite(root: Path, methods: Sequence[str], split: str, device: str,
-             log: Callable[[str], None]) -> SuiteResult:
-    """Every method on every known-deformation pair of the split's seeds."""
+def ct_suite(root: Path, methods: Sequence[str], split: str, device: str, log: Callable[[str], None],
+             csv_path: Optional[Path] = None) -> SuiteResult:
+    """Every method on every known-deformation pair of the split's seeds (rows written to ``csv_path`` as
+    they come)."""
     notes: List[str] = [f"fixed = the CT resampled through a known smooth random field (maximum "
                         f"{CT_MAX_DISPLACEMENT_MM:g} mm, seeds {', '.join(map(str, CT_SEEDS[split]))}); "
                         f"error inside the body (> {CT_BODY_HU:g} HU, holes filled)"]
@@ -164,6 +165,8 @@ def ct_suite(root: Path, methods: Sequence[str], split: str, device: str,
                     row.update(seconds=float("nan"), status=f"failed: {type(error).__name__}: {error}")
                     notes.append(f"{method.label} failed on {pair.name}: {error}")
                 rows.append(row)
+                if csv_path is not None:
+                    write_csv(csv_path, rows)
                 log(f"{pair.name}: {method.label}: error {row.get('error_mean', float('nan')):.2f} mm, "
                     f"{row.get('seconds', float('nan')):.1f} s")
     return SuiteResult("ct", rows, markdown_summary(rows, [], {}, notes, f"Real CT, known deformations ({split})"),
@@ -215,9 +218,8 @@ def run_suites(root: Path, suites: Sequence[str], methods: Sequence[str], output
             results.append(SuiteResult(suite, result.rows, result.files["markdown"].read_text(encoding="utf-8"),
                                        result.notes))
         else:
-            result_ct = ct_suite(root, methods, split, device, log)
             folder.mkdir(parents=True, exist_ok=True)
-            write_csv(folder / "results.csv", result_ct.rows)
+            result_ct = ct_suite(root, methods, split, device, log, folder / "results.csv")
             (folder / "summary.md").write_text(result_ct.markdown, encoding="utf-8")
             results.append(result_ct)
         log(f"suite {suite} took {time.perf_counter() - started:.0f} s")

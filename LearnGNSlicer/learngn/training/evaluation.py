@@ -273,6 +273,9 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
                 values.update(int(v) for v in np.unique(sitk.GetArrayViewFromImage(case.labels)) if v != 0)
         labels = sorted(values)
     rows: List[Dict[str, object]] = []
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    files = {"csv": output / "results.csv", "markdown": output / "summary.md", "png": output / "boxplot.png"}
     bar = ProgressBar(len(pairs) * len(runnable), "evaluate", enabled=progress)
     for pair in pairs:
         fixed, moving = cases[pair.fixed], cases[pair.moving]
@@ -291,13 +294,10 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
                 log(notes[-1])
             rows.append({"fixed": pair.fixed, "moving": pair.moving, "method": method.label, "spec": method.spec,
                          "seconds": seconds, "status": status, **figures})
+            write_csv(files["csv"], rows)  # after every result: a long benchmark that is stopped keeps what it did
             done = len(rows)
             bar.update(done, f"{method.label[:28]} Dice {figures.get('dice', float('nan')):.3f}")
     bar.close()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    files = {"csv": output / "results.csv", "markdown": output / "summary.md", "png": output / "boxplot.png"}
-    write_csv(files["csv"], rows)
     files["markdown"].write_text(markdown_summary(rows, labels, label_names or dataset.label_names, notes, title),
                                  encoding="utf-8")
     boxplot(files["png"], rows, title)
