@@ -10,8 +10,9 @@ the pre-alignment stage went from 5.3 s to 2.8 s on 2 CPU threads at the same ac
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +30,12 @@ CONVERGED = 1e-3
 #: bounds the cost of a step whatever the scan's size.
 MAX_POINTS = 20_000
 SUBSET_SEED = 20220706
+#: Intra-op threads of the fit on a CPU.  Its tensors are small (at most MAX_POINTS points, images at 4 mm and
+#: coarser), so threads cost more in synchronisation than they gain: on the 2-core development machine (with
+#: other jobs running) the CT's pre-alignment took 5.5-6.1 s with 2 threads and 3.2-3.5 s with 1, the demo
+#: pair's 3-14 s and 1.1-1.4 s, the CPU time falling by the same factor (docs/BENCHMARKS.md).
+FIT_THREADS = 1
+
 #: Called with the share of the fit done (0 to 1) and a message.
 FitProgress = Callable[[float, str], None]
 
@@ -149,6 +156,19 @@ class _Fit:
         return affine
 
 
+@contextmanager
+def _threads_for(device: torch.device) -> Iterator[None]:
+    """FIT_THREADS intra-op threads on a CPU inside the block (restored after); other devices unchanged."""
+    previous = torch.get_num_threads()
+    if device.type == "cpu" and previous > FIT_THREADS:
+        torch.set_num_threads(FIT_THREADS)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 def fit(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform, initial: np.ndarray,
         device: torch.device, *, fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
         should_stop: Optional[Callable[[], bool]] = None, progress: Optional[FitProgress] = None
@@ -162,7 +182,7 @@ def fit(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform, init
     solution = _Fit(start, initial, device)
     start_parameters = solution.parameters.clone()
     level = None
-    with torch.no_grad():
+    with torch.no_grad(), _threads_for(device):
         for index, spacing in enumerate(PYRAMID_SPACINGS_MM):
             def report(step: int, message: str, index: int = index) -> None:
                 if progress is not None:

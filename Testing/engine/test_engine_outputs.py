@@ -226,3 +226,20 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu_with_the_cpu_budget(tiny_pair, 
     assert result.device.startswith("cpu")
     stage = {"prealign": "pre-alignment", "deformable": "registration"}[failing]
     assert any(f"in the {stage}" in str(w.message) and "out of memory" in str(w.message) for w in caught)
+
+
+def test_affine_fit_runs_on_one_cpu_thread_and_restores_the_count(tiny_pair, monkeypatch):
+    """Its tensors are small: threads cost more than they gain (docs/BENCHMARKS.md); the caller's count stays."""
+    import learngn.affine as affine
+
+    seen = []
+    real_level = affine._level
+    monkeypatch.setattr(affine, "_level", lambda *args: seen.append(torch.get_num_threads()) or real_level(*args))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        learngn.register(*tiny_pair, iterations=1)
+        assert seen and set(seen) == {affine.FIT_THREADS}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
