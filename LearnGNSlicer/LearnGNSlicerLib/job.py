@@ -34,6 +34,11 @@ from .worker import EXIT_BAD_INPUT, EXIT_CANCELLED, WorkerLauncher, parse_event,
 EXPORT_SHARE = 0.05
 LOAD_SHARE = 0.05
 
+#: Load the results as soon as the worker prints "done" (its output folder is complete then) instead of at
+#: its exit: Python's teardown after PyTorch took about a second (docs/BENCHMARKS.md).  Not on Windows, where
+#: the temporary folder, the worker's working directory, cannot be removed while it runs.
+LOAD_ON_DONE = os.name != "nt"
+
 #: Worker output lines kept for error messages.
 LOG_LINES = 200
 
@@ -261,8 +266,12 @@ class RegistrationJob:
                          str(event.get("message", "")))
         elif kind in ("done", "error"):
             self._final_event = event
+            if kind == "done" and self.state == JobState.RUNNING and LOAD_ON_DONE:
+                self._load_results(0)
 
     def _on_worker_exit(self, returncode: int) -> None:
+        if self.finished:  # loaded when the worker said "done"
+            return
         if self.state == JobState.CANCELLING:
             self._finish(JobState.CANCELLED, error=RegistrationCancelled(_("The registration was cancelled.")))
             return
@@ -270,6 +279,11 @@ class RegistrationJob:
         if returncode != 0 or event.get("event") == "error":
             self._finish(JobState.FAILED, error=self._failure(returncode, event))
             return
+        self._load_results(returncode)
+
+    def _load_results(self, returncode: int) -> None:
+        """Read the worker's output folder and create the nodes (the job succeeds or fails here)."""
+        event = self._final_event or {}
         self._report("load", 1 - LOAD_SHARE, _("Loading the results"))
         try:
             summary = event.get("summary") if isinstance(event.get("summary"), dict) else None

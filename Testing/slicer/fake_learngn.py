@@ -101,6 +101,7 @@ def main(argv=None) -> int:
             json.dump(summary, file)
     emit({"event": "progress", "stage": "output", "fraction": 1.0, "message": "done"})
     emit({"event": "done", "outdir": args.outdir, "summary": summary})
+    time.sleep(float(os.environ.get("FAKE_LEARNGN_EXIT_DELAY", "0")))  # a slow interpreter teardown
     return 0
 
 

@@ -226,3 +226,13 @@ def test_gpu_probe_falls_back_to_cpu_with_a_message(scene, volumes):
     else:
         assert received == "cpu"
         assert any("No usable GPU" in message for message in result.messages)
+
+
+def test_results_are_loaded_when_the_worker_says_done_not_at_its_exit(scene, volumes):
+    """The output folder is complete once "done" is printed; the worker's exit (Python's teardown after
+    PyTorch, about a second) is not waited for."""
+    job = logic_for(FAKE_LEARNGN_EXIT_DELAY="20").start(*volumes, use_timer=False)
+    result = job.wait(timeout=15)
+    assert job.state == JobState.SUCCEEDED and result.warped_node is not None
+    assert job._process._process.poll() is None  # the worker is still exiting
+    job._process.kill()
