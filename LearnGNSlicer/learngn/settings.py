@@ -17,9 +17,9 @@ class RegistrationSettings:
     features: Tuple[str, ...] = ("mind",)
     intensity_normalisation: str = "auto"       # auto | ct | mr
     prealign: str = "affine"                    # affine | com | none
-    iterations: int = 10
-    levels: int = 1
-    grid_stride: int = 4                        # control-point spacing in working voxels
+    iterations: int = 10                        # Gauss-Newton steps per level
+    levels: int = 2                             # coarse to fine: each coarser level halves the working grid
+    grid_stride: int = 2                        # control-point spacing in working voxels (finest level)
     lambda_start: float = 0.05
     lambda_end: float = 0.01
     regularisation: float = 1.0                 # multiplies the lambda schedule: higher is smoother
@@ -31,7 +31,7 @@ class RegistrationSettings:
     sdm_clip_mm: float = 40.0
     solver: str = "auto"                        # auto | torch | cupy
     cg_tolerance: float = 1e-3
-    cg_max_iterations: int = 40
+    cg_max_iterations: int = 15                 # per Gauss-Newton step; the coarse level supplies the smooth part
     model: Optional[str] = None                 # name of a shipped learned model, None for classic GN
 
     def __post_init__(self) -> None:
@@ -98,12 +98,21 @@ def register_preset(preset: Preset) -> None:
 
 register_preset(Preset(
     "generic",
-    "Any modality: MIND-SSC features, classic Gauss-Newton (no learned weights), affine pre-alignment.",
+    "Any modality (CT, MRI, CT to MRI): affine pre-alignment, then classic Gauss-Newton on MIND-SSC features, "
+    "coarse to fine (control points every 2 working voxels at the finest level); no learned weights.",
+))
+register_preset(Preset(
+    "brain-mri",
+    "Brain MRI of different people or sessions: the generic method with less regularisation and a finer "
+    "working grid (about 1.5 mm for a 1 mm head scan), for the detail of cortical and deep structures.",
+    RegistrationSettings(regularisation=0.3, max_working_voxels=3_000_000),
 ))
 register_preset(Preset(
     "segmentation-guided",
     "The paper's 3D setting: signed distance maps of segmentations of both images, classic Gauss-Newton.",
-    RegistrationSettings(features=("sdm",), lambda_start=0.0008, lambda_end=0.00016, sdm_clip_mm=100.0),
+    # the single-level engine this preset was validated with (docs/EVALUATION.md)
+    RegistrationSettings(features=("sdm",), lambda_start=0.0008, lambda_end=0.00016, sdm_clip_mm=100.0,
+                         levels=1, grid_stride=4, cg_max_iterations=40),
     needs_segmentations=True,
 ))
 

@@ -56,7 +56,7 @@ def test_presets_without_engine_come_from_model_cards(tmp_path, monkeypatch):
     (tmp_path / "abdomen_ct_v1.pt").write_bytes(b"")
     (tmp_path / "no_preset.json").write_text(json.dumps({"description": "a model card without preset"}))
     (tmp_path / "broken.json").write_text("{")
-    assert available_presets(tmp_path) == ["generic", "segmentation-guided", "abdomen-ct"]
+    assert available_presets(tmp_path) == ["generic", "brain-mri", "segmentation-guided", "abdomen-ct"]
 
 
 def test_presets_come_from_an_already_imported_engine(monkeypatch):
