@@ -151,10 +151,16 @@ def start_worker_marked(self, gpu):
     marks["worker_started"] = time.perf_counter()
     return start_worker(self, gpu)
 def on_exit_marked(self, returncode):
-    marks["worker_exited"] = time.perf_counter()
+    marks.setdefault("worker_exited", time.perf_counter())
     return on_exit(self, returncode)
 job_module.RegistrationJob._start_worker = start_worker_marked
 job_module.RegistrationJob._on_worker_exit = on_exit_marked
+load = getattr(job_module.RegistrationJob, "_load_results", None)
+if load is not None:  # newer code loads when the worker says "done", before its exit
+    def load_marked(self, returncode):
+        marks.setdefault("worker_exited", time.perf_counter())
+        return load(self, returncode)
+    job_module.RegistrationJob._load_results = load_marked
 
 scene = slicer.vtkMRMLScene()
 slicer.mrmlScene = scene
@@ -272,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if slicer_rows:
         print(f"\nSlicer logic path, {args.slicer_size} int16 pair, real MRML (slicer-core), seconds:")
         print(table(slicer_rows, ["code", "request to nodes", "request to engine start", "register()",
-                                  "outside register()", "export", "worker start + imports", "worker read", "worker write", "worker summary + exit",
+                                  "outside register()", "export", "worker start + imports", "worker read", "worker write", "worker summary (+ exit when waited for)",
                                   "read hand-over", "create nodes", "other (polling)"]))
     return 0
 
