@@ -35,15 +35,15 @@ def displacement_array(field: sitk.Image) -> np.ndarray:
 
 
 def grid_transform(displacement_lps: np.ndarray, grid: Grid) -> "slicer.vtkOrientedGridTransform":
-    """A VTK grid transform of LPS displacements ``(K, J, I, 3)`` on ``grid``, in RAS, linear."""
+    """A VTK grid transform (float32, as the engine computes) of LPS displacements ``(K, J, I, 3)`` on ``grid``, in RAS, linear."""
     if displacement_lps.shape != (*grid.shape, 3):
         raise ValueError(f"Displacement shape {displacement_lps.shape} does not match the grid {(*grid.shape, 3)}.")
-    ras = np.ascontiguousarray(displacement_lps * RAS_FROM_LPS_VECTOR, dtype=np.float64)
+    ras = np.ascontiguousarray(displacement_lps * RAS_FROM_LPS_VECTOR.astype(np.float32), dtype=np.float32)
     image = vtk.vtkImageData()
     image.SetDimensions(*grid.size)
     image.SetOrigin(*grid.origin)
     image.SetSpacing(*grid.spacing)
-    vectors = numpy_support.numpy_to_vtk(ras.reshape(-1, 3), deep=True, array_type=vtk.VTK_DOUBLE)
+    vectors = numpy_support.numpy_to_vtk(ras.reshape(-1, 3), deep=True, array_type=vtk.VTK_FLOAT)
     image.GetPointData().SetScalars(vectors)
 
     direction = vtk.vtkMatrix4x4()
