@@ -180,8 +180,9 @@ def test_progress_events_are_ordered_and_monotone(phantom_registration):
             order.append(event.stage)
     assert order == list(STAGES), f"stage order {order}"
     gauss_newton = [e for e in events if e.stage == "gauss-newton"]
-    iterations = phantom_registration.result.settings.iterations
-    assert len(gauss_newton) == iterations + 1, "one event at the start and one per iteration"
+    settings = phantom_registration.result.settings
+    assert len(gauss_newton) == settings.iterations * settings.levels + 1, \
+        "one event at the start and one per iteration of every level"
     assert fractions[-1] >= 0.9
     assert all(e.message for e in events)
 
