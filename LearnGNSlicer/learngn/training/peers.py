@@ -64,8 +64,9 @@ def _convexadam(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Im
     return field
 
 
-def _ants_syn(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Image:
-    """ANTs SyN (affine + symmetric normalisation); the forward transforms composed into one field."""
+def _ants_transforms(fixed: sitk.Image, moving: sitk.Image, kind: str) -> list:
+    """ANTs registration of one ``type_of_transform``: its forward transforms as SimpleITK transforms, in
+    ANTs' order ([warp, affine]: applied to points last to first)."""
     import ants  # type: ignore
 
     with tempfile.TemporaryDirectory() as folder:
@@ -74,28 +75,24 @@ def _ants_syn(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Imag
             paths[key] = str(Path(folder) / f"{key}.nii.gz")
             sitk.WriteImage(_float_copy(image), paths[key])
         result = ants.registration(fixed=ants.image_read(paths["fixed"]), moving=ants.image_read(paths["moving"]),
-                                   type_of_transform="SyN", outprefix=str(Path(folder) / "ants_"))
+                                   type_of_transform=kind, outprefix=str(Path(folder) / "ants_"))
         transforms = []
-        for name in result["fwdtransforms"]:   # [warp, affine]: applied to points last to first
+        for name in result["fwdtransforms"]:
             if name.endswith((".nii.gz", ".nii")):
                 transforms.append(sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(name), sitk.sitkVectorFloat64)))
             else:
                 transforms.append(sitk.ReadTransform(name))
-        return compose_to_field(transforms, fixed)
+        return transforms
+
+
+def _ants_syn(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Image:
+    """ANTs SyN (affine + symmetric normalisation); the forward transforms composed into one field."""
+    return compose_to_field(_ants_transforms(fixed, moving, "SyN"), fixed)
 
 
 def ants_affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     """ANTs' affine registration (rigid then affine, antspyx defaults): fixed points to moving points."""
-    import ants  # type: ignore
-
-    with tempfile.TemporaryDirectory() as folder:
-        paths = {}
-        for key, image in (("fixed", fixed), ("moving", moving)):
-            paths[key] = str(Path(folder) / f"{key}.nii.gz")
-            sitk.WriteImage(_float_copy(image), paths[key])
-        result = ants.registration(fixed=ants.image_read(paths["fixed"]), moving=ants.image_read(paths["moving"]),
-                                   type_of_transform="Affine", outprefix=str(Path(folder) / "ants_"))
-        return sitk.ReadTransform(result["fwdtransforms"][0])
+    return _ants_transforms(fixed, moving, "Affine")[0]
 
 
 def _elastix_bspline(fixed, moving, fixed_labels=None, moving_labels=None) -> sitk.Image:
