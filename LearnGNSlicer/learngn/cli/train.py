@@ -33,7 +33,9 @@ _OPTIONS = {
                                   "MIND of synthetic CT made from the labels; images: MIND of the dataset's images"),
     "--working-spacing": ("working_spacing", float, "isotropic working grid in mm (goes into the model card)"),
     "--grid-stride": ("grid_stride", int, "control-point spacing in working voxels"),
-    "--iterations": ("iterations", int, "unrolled Gauss-Newton iterations"),
+    "--iterations": ("iterations", int, "unrolled Gauss-Newton iterations per level"),
+    "--levels": ("levels", int, "coarse-to-fine levels of the working grid (the product's default: 2)"),
+    "--cg-max-iterations": ("cg_max_iterations", int, "conjugate-gradient steps per Gauss-Newton step"),
     "--lambda-start": ("lambda_start", float, "regularisation weight of the first iteration"),
     "--lambda-end": ("lambda_end", float, "regularisation weight of the last iteration"),
     "--steps": ("steps", int, "optimiser steps"),
@@ -89,7 +91,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="add a compact CNN that refines the features (MIND from the intensities, or each "
                              "distance map); its weights ship with the model")
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
-    options = parser.add_argument_group("training options (default: see learngn.training.TrainConfig)")
+    options = parser.add_argument_group("training options (defaults: the product's learngn.RegistrationSettings on a "
+                                        "6 mm grid, and learngn.training.TrainConfig)")
     choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
                "--trainable": ("all", "residual", "jacobian", "features"), "--synthesis": ("random", "ct"),
                "--schedule": ("constant", "cosine"), "--prealign": ("none", "com", "affine")}
