@@ -70,19 +70,15 @@ def _grid_degree(shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return degree
 
 
-def system_diagonal(lam: float, diag: torch.Tensor) -> torch.Tensor:
-    """The diagonal of ``lam * L + diag(diag)`` (with the epsilon), the Jacobi preconditioner's inverse."""
-    return lam * (_grid_degree(tuple(diag.shape[1:]), diag) + DIAGONAL_EPSILON) + diag
-
-
 def solve_torch(lam: float, diag: torch.Tensor, rhs: torch.Tensor, options: SolverOptions) -> torch.Tensor:
     """Matrix-free conjugate gradients with a Jacobi preconditioner, one independent system per leading index.
 
     The data term makes the diagonal vary by orders of magnitude between edges and flat regions; scaling by
-    it reaches the tolerance in a fraction of the iterations plain CG needs on fine control grids.
+    it brings the solution closer to the exact one in the same number of steps (measured in the commit that
+    added it: 0.39 against 0.52 relative error after 40 steps on a real brain pair, control stride 2).
     """
     diag = diag + lam * DIAGONAL_EPSILON
-    inverse_diagonal = 1.0 / system_diagonal(lam, diag - lam * DIAGONAL_EPSILON)
+    inverse_diagonal = 1.0 / (lam * _grid_degree(tuple(diag.shape[1:]), diag) + diag)  # the system's diagonal
 
     def apply_a(v: torch.Tensor) -> torch.Tensor:
         return lam * apply_laplacian(v) + diag * v

@@ -31,9 +31,9 @@ from ..geometry import working_grid
 from ..phantom import random_smooth_displacement, warp_image
 from ..quality import jacobian_statistics
 from ..sampling import resample
-from .data import Case, Dataset, Pair
-from .evaluation import EvalCase, evaluate, markdown_summary, parse_method, run_method, write_csv
-from .peers import PEERS
+from .data import Case, Dataset, Pair, labels_folder
+from .evaluation import (EvalCase, evaluate, markdown_summary, parse_method, run_method, runnable_methods,
+                         write_csv)
 
 SUITES = ("brain", "ct", "abdomen")
 SPLITS = ("tuning", "reporting")
@@ -139,7 +139,7 @@ def ct_suite(root: Path, methods: Sequence[str], split: str, device: str, log: C
                         f"{CT_MAX_DISPLACEMENT_MM:g} mm, seeds {', '.join(map(str, CT_SEEDS[split]))}); "
                         f"error inside the body (> {CT_BODY_HU:g} HU, holes filled)"]
     notes += [f"{scan} resampled to {spacing:g} mm isotropic first" for scan, spacing in CT_SCANS.items() if spacing]
-    parsed, skipped = _runnable(methods)
+    parsed, skipped = runnable_methods([parse_method(m) for m in methods])
     notes += skipped
     rows: List[Dict[str, object]] = []
     for scan, spacing in CT_SCANS.items():
@@ -173,24 +173,12 @@ def ct_suite(root: Path, methods: Sequence[str], split: str, device: str, log: C
                        notes)
 
 
-def _runnable(methods: Sequence[str]):
-    parsed, skipped = [], []
-    for method in (parse_method(m) for m in methods):
-        if method.kind in PEERS and not PEERS[method.kind].available():
-            skipped.append(PEERS[method.kind].missing_note())
-        else:
-            parsed.append(method)
-    return parsed, skipped
-
-
 # -- the suites together ----------------------------------------------------------------------------------
 
 def run_suites(root: Path, suites: Sequence[str], methods: Sequence[str], output: Path, *, split: str,
                device: str = "cpu", max_pairs: Optional[int] = None, progress: bool = True,
                log: Callable[[str], None] = lambda s: None) -> List[SuiteResult]:
     """Run the named suites, writing each one's results under ``output/<suite>/`` and ``output/accuracy.md``."""
-    from .data import labels_folder
-
     unknown = [s for s in suites if s not in SUITES]
     if unknown or split not in SPLITS:
         raise InputError(f"unknown suite(s) {', '.join(unknown) or split!r}; suites: {', '.join(SUITES)}, "
@@ -200,21 +188,18 @@ def run_suites(root: Path, suites: Sequence[str], methods: Sequence[str], output
     for suite in suites:
         started = time.perf_counter()
         folder = output / suite
-        if suite == "brain":
-            dataset = brain_dataset(root, split)
-            pairs = dataset.validation_pairs[:max_pairs] if max_pairs else dataset.validation_pairs
+        if suite in ("brain", "abdomen"):
+            if suite == "brain":
+                dataset = brain_dataset(root, split)
+                pairs = dataset.validation_pairs[:max_pairs] if max_pairs else dataset.validation_pairs
+                options = dict(min_label_voxels=BRAIN_MIN_LABEL_VOXELS,
+                               title=f"Brain MRI, different people, not pre-aligned ({split})")
+            else:
+                dataset = labels_folder(Path(root) / "abdomen_ctct_labels", list(ABDOMEN_CASES[split]))
+                pairs = dataset.validation_pairs[: max_pairs or ABDOMEN_MAX_PAIRS]
+                options = dict(images="synthetic-ct", title=f"Abdomen, synthetic CT of real anatomy ({split})")
             result = evaluate(dataset, methods, folder, pairs=pairs, prealign="affine", device=device,
-                              progress=progress, log=log, min_label_voxels=BRAIN_MIN_LABEL_VOXELS,
-                              title=f"Brain MRI, different people, not pre-aligned ({split})")
-            results.append(SuiteResult(suite, result.rows, result.files["markdown"].read_text(encoding="utf-8"),
-                                       result.notes))
-        elif suite == "abdomen":
-            cases = ABDOMEN_CASES[split]
-            dataset = labels_folder(Path(root) / "abdomen_ctct_labels", list(cases))
-            pairs = dataset.validation_pairs[: max_pairs or ABDOMEN_MAX_PAIRS]
-            result = evaluate(dataset, methods, folder, pairs=pairs, images="synthetic-ct", prealign="affine",
-                              device=device, progress=progress, log=log,
-                              title=f"Abdomen, synthetic CT of real anatomy ({split})")
+                              progress=progress, log=log, **options)
             results.append(SuiteResult(suite, result.rows, result.files["markdown"].read_text(encoding="utf-8"),
                                        result.notes))
         else:

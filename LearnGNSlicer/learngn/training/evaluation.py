@@ -238,6 +238,17 @@ def peer_after_affine(peer, fixed: EvalCase, moving: EvalCase) -> sitk.Image:
     return compose_to_field([affine, displacement_transform(deformable)], fixed.image)
 
 
+def runnable_methods(methods: Sequence[Method]) -> Tuple[List[Method], List[str]]:
+    """The methods that can run here, and a note for each peer left out because it is not installed."""
+    runnable, skipped = [], []
+    for method in methods:
+        if method.kind in PEERS and not PEERS[method.kind].available():
+            skipped.append(PEERS[method.kind].missing_note())
+        else:
+            runnable.append(method)
+    return runnable, skipped
+
+
 def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: Optional[Sequence[Pair]] = None,
              images: str = "dataset", prealign: str = "none", device: str = "cpu",
              landmarks_dir: Optional[Path] = None, labels: Optional[Sequence[int]] = None,
@@ -257,13 +268,10 @@ def evaluate(dataset: Dataset, methods: Sequence[str], output: Path, *, pairs: O
     if not pairs:
         raise InputError("no pairs to evaluate: the dataset has no validation pairs")
     notes = [f"every case was resampled to {spacing:g} mm isotropic before registration and scoring"] if spacing else []
-    runnable = []
-    for method in parsed:
-        if method.kind in PEERS and not PEERS[method.kind].available():
-            notes.append(PEERS[method.kind].missing_note())
-            log(notes[-1])
-        else:
-            runnable.append(method)
+    runnable, skipped = runnable_methods(parsed)
+    for note in skipped:
+        notes.append(note)
+        log(note)
     names = sorted({c for p in pairs for c in (p.fixed, p.moving)})
     cases = {n: load_eval_case(dataset, n, images, landmarks_dir, spacing) for n in names}
     if labels is None:
