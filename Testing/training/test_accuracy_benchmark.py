@@ -8,7 +8,9 @@ import SimpleITK as sitk
 from learngn.errors import InputError
 from learngn.phantom import phantom_ct, phantom_geometry, phantom_labels
 from learngn.training.accuracy import (BRAIN_FOLDER, BRAIN_IMAGE, BRAIN_LABELS, BRAIN_SPLITS, body_mask,
-                                       brain_dataset, field_error, known_deformation, run_suites)
+                                       brain_dataset, brain_training_dataset, field_error, known_deformation,
+                                       run_suites)
+from learngn.training.data import open_dataset
 from learngn.training.evaluation import markdown_summary, shared_labels
 
 
@@ -29,6 +31,18 @@ def test_brain_splits_are_disjoint_and_pairs_stay_inside_their_split(tmp_path):
         for pair in dataset.validation_pairs:
             assert pair.fixed != pair.moving and {pair.fixed, pair.moving} <= set(dataset.cases)
     assert not set(tuning.cases) & set(reporting.cases)
+
+
+def test_brain_training_reads_only_tuning_people_and_monitors_two_of_them(tmp_path):
+    _fake_brains(tmp_path)
+    dataset = open_dataset(brain_data=str(tmp_path))
+    assert dataset.training == brain_training_dataset(tmp_path).training
+    reporting = set(brain_dataset(tmp_path, "reporting").cases)
+    assert not (set(dataset.training) | set(dataset.validation_cases)) & reporting
+    assert set(dataset.training) | set(dataset.validation_cases) == set(brain_dataset(tmp_path, "tuning").cases)
+    assert len(dataset.validation_pairs) == 2 and not set(dataset.training) & set(dataset.validation_cases)
+    with pytest.raises(InputError, match="one source"):
+        open_dataset(labels_dir=str(tmp_path), brain_data=str(tmp_path))
 
 
 def test_missing_brain_data_names_the_folder(tmp_path):

@@ -351,6 +351,24 @@ def test_abdomen_split_excludes_validation_cases(data_dir):
     assert len(dataset.training) == 20
 
 
+def test_large_label_values_get_one_channel_each(tmp_path):
+    """Brain label maps number their labels up to 2035: one-hot channels follow the labels that occur."""
+    geometry = phantom_geometry((20, 16, 20), 10.0)
+    for i in range(1, 4):
+        labels = phantom_labels(geometry, seed=i)
+        array = sitk.GetArrayFromImage(labels).astype(np.int32)
+        array[array == 3] = 2035
+        big = sitk.GetImageFromArray(array)
+        big.CopyInformation(labels)
+        sitk.WriteImage(big, str(tmp_path / f"label_{i:04d}.nii.gz"))
+    config = tiny_config(tmp_path, tmp_path / "run", validation_cases=("0001",), val_pairs=0)
+    data = prepare_data(config, validation=False)
+    assert 2035 in data.label_values and data.n_classes == len(data.label_values) + 1
+    sample_ = training_sample(config, data, 1, 0)
+    assert sample_.fixed.labels.shape[1] == data.n_classes
+    assert sample_.fixed.features.shape[1] == len(data.label_values)
+
+
 def test_residual_only_training_keeps_the_jacobian_stencils(tiny_labels, tmp_path):
     from learngn.predictors import GaussNewtonPredictors
 
@@ -360,6 +378,22 @@ def test_residual_only_training_keeps_the_jacobian_stencils(tiny_labels, tmp_pat
     trained, initial = state_of(result.weights), GaussNewtonPredictors().state_dict()
     assert all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("jacobian."))
     assert not all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("residual."))
+
+
+def test_branch_training_keeps_the_classic_stencils(tiny_labels, tmp_path):
+    """--trainable branches fits only the CNN branches of J and f: the stencils stay classic GN's."""
+    from learngn.predictors import GaussNewtonPredictors
+
+    result = train(tiny_config(tiny_labels, tmp_path / "b", steps=2, trainable="branches", val_pairs=0,
+                               optimizer="adam"), progress=False)
+    torch.manual_seed(0)
+    trained, initial = state_of(result.weights), GaussNewtonPredictors().state_dict()
+    stencils = [k for k in initial if ".first." in k or ".second." in k]
+    branches = [k for k in initial if ".branch_" in k]
+    assert stencils and all(torch.equal(trained[k], initial[k]) for k in stencils)
+    assert not all(torch.equal(trained[k], initial[k]) for k in branches)
+    with pytest.raises(learngn.InputError, match="feature network"):
+        tiny_config(tiny_labels, tmp_path / "c", trainable="branches+features")
 
 
 def test_training_reads_the_products_gauss_newton_settings():

@@ -38,11 +38,14 @@ _OPTIONS = {
     "--cg-max-iterations": ("cg_max_iterations", int, "conjugate-gradient steps per Gauss-Newton step"),
     "--lambda-start": ("lambda_start", float, "regularisation weight of the first iteration"),
     "--lambda-end": ("lambda_end", float, "regularisation weight of the last iteration"),
+    "--regularisation": ("regularisation", float, "multiplies the lambda schedule (the brain-mri preset's 0.3: less "
+                                                 "smoothing)"),
     "--steps": ("steps", int, "optimiser steps"),
     "--batch-size": ("batch_size", int, "pairs per optimiser step"),
     "--learning-rate": ("learning_rate", float, "Adam learning rate"),
     "--schedule": ("schedule", str, "learning-rate schedule: constant, or cosine (decays to 0 at the last step)"),
-    "--trainable": ("trainable", str, "which part to fit: all, residual (f only), jacobian (J only) or "
+    "--trainable": ("trainable", str, "which part to fit: all, residual (f only), jacobian (J only), branches (the "
+                                      "non-linear CNN branches of J and f, stencils kept), branches+features, or "
                                       "features (the feature network only)"),
     "--optimizer": ("optimizer", str, "nsgd: SGD with momentum on the normalised gradient (default; safe for "
                                       "stencil-initialised predictors); adam"),
@@ -79,6 +82,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", metavar="JSON", help="Learn2Reg dataset.json (training + registration_val)")
     data.add_argument("--labels-dir", metavar="DIR", help="folder of label maps (NIfTI/NRRD), without images")
+    data.add_argument("--brain-data", metavar="DIR",
+                      help="the folder holding brain_mindboggle/ (images + label maps): trains on the accuracy "
+                           "benchmark's brain tuning people, monitors two of them, never reads the reporting people")
     data.add_argument("--validation-cases", metavar="IDS",
                       help="comma-separated case ids kept for validation with --labels-dir (never trained on); "
                            "default: the Learn2Reg abdomen validation cases 0001,0004,0007,0010,0023")
@@ -94,7 +100,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     options = parser.add_argument_group("training options (defaults: the product's learngn.RegistrationSettings on a "
                                         "6 mm grid, and learngn.training.TrainConfig)")
     choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
-               "--trainable": ("all", "residual", "jacobian", "features"), "--synthesis": ("random", "ct"),
+               "--trainable": ("all", "residual", "jacobian", "features", "branches", "branches+features"), "--synthesis": ("random", "ct"),
                "--schedule": ("constant", "cosine"), "--prealign": ("none", "com", "affine")}
     for flag, (_, kind, text) in _OPTIONS.items():
         options.add_argument(flag, type=kind, default=None, help=text, choices=choices.get(flag))
@@ -122,8 +128,8 @@ def build_config(args: argparse.Namespace):
     if args.config:
         values = json.loads(Path(args.config).read_text(encoding="utf-8"))
     values["output"] = args.output
-    if args.dataset or args.labels_dir:
-        values["dataset"], values["labels_dir"] = args.dataset, args.labels_dir
+    if args.dataset or args.labels_dir or args.brain_data:
+        values["dataset"], values["labels_dir"], values["brain_data"] = args.dataset, args.labels_dir, args.brain_data
     if args.validation_cases:
         values["validation_cases"] = [c.strip() for c in args.validation_cases.split(",") if c.strip()]
     values.setdefault("validation_cases", list(ABDOMEN_VALIDATION_CASES))
@@ -135,8 +141,8 @@ def build_config(args: argparse.Namespace):
         values["augment"] = False
     if args.feature_net:
         values["feature_net"] = True
-    if not values.get("dataset") and not values.get("labels_dir"):
-        raise InputError("give the training data: --dataset dataset.json or --labels-dir DIR")
+    if not any(values.get(source) for source in ("dataset", "labels_dir", "brain_data")):
+        raise InputError("give the training data: --dataset dataset.json, --labels-dir DIR or --brain-data DIR")
     return TrainConfig.from_dict(values)
 
 

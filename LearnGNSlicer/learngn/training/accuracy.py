@@ -43,6 +43,9 @@ BRAIN_SPLITS: Dict[str, Tuple[int, ...]] = {"tuning": tuple(range(1, 11)), "repo
 BRAIN_FOLDER = "brain_mindboggle"
 BRAIN_IMAGE = "t1weighted_brain.nii.gz"
 BRAIN_LABELS = "labels.DKT31.manual+aseg.nii.gz"
+#: Tuning people whose pairs (both ways) monitor a training run; the other tuning people train.  The
+#: reporting people are never read by training.
+BRAIN_TRAINING_MONITOR: Tuple[int, int] = (9, 10)
 #: Labels smaller than this (voxels, in either map of a pair) are left out of the brain Dice.
 BRAIN_MIN_LABEL_VOXELS = 100
 
@@ -82,6 +85,16 @@ def brain_dataset(root: Path, split: str) -> Dataset:
     names = list(cases)
     pairs = [Pair(names[i], names[(i + 1) % len(names)]) for i in range(len(names))]
     return Dataset(cases, [], pairs)
+
+
+def brain_training_dataset(root: Path) -> Dataset:
+    """The tuning people as a training set: all but :data:`BRAIN_TRAINING_MONITOR` train, those two monitor."""
+    tuning = brain_dataset(root, "tuning")
+    first, second = (f"brain{person:02d}" for person in BRAIN_TRAINING_MONITOR)
+    training = [name for name in tuning.cases if name not in (first, second)]
+    dataset = Dataset(tuning.cases, training, [Pair(first, second), Pair(second, first)])
+    dataset.check_disjoint()
+    return dataset
 
 
 # -- real CT with known deformations ----------------------------------------------------------------------

@@ -11,7 +11,9 @@ from ..errors import InputError
 from ..settings import RegistrationSettings
 
 SETTINGS = ("sdm", "synthetic", "images")
-TRAINABLE = ("all", "residual", "jacobian", "features")
+#: Parts a run may fit. ``branches``: the non-linear CNN branches of the J and f predictors, their
+#: classic stencils held fixed (a drift of the stencils biases every residual, see docs/TRAINING.md).
+TRAINABLE = ("all", "residual", "jacobian", "features", "branches", "branches+features")
 
 
 def registration_settings_keys() -> set:
@@ -37,6 +39,7 @@ class TrainConfig:
     output: str
     dataset: Optional[str] = None                # Learn2Reg dataset.json
     labels_dir: Optional[str] = None             # or a folder of label maps
+    brain_data: Optional[str] = None             # or the folder holding brain_mindboggle/ (its tuning people only)
     validation_cases: Tuple[str, ...] = ABDOMEN_VALIDATION_CASES
     setting: str = "sdm"                         # sdm | synthetic (MIND of synthetic CT) | images (MIND)
     # the registration the model is trained for, in the product's own type (it goes into the model card);
@@ -47,7 +50,7 @@ class TrainConfig:
     batch_size: int = 1                          # pairs per optimiser step
     learning_rate: float = 1e-3
     schedule: str = "constant"                   # constant | cosine (decays the learning rate to 0 at the last step)
-    trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features
+    trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features | branches | branches+features
     feature_net: bool = False                    # add a feature network that refines the features (MIND or distance maps)
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
     loss: str = "dice"                           # dice | ce
@@ -76,8 +79,8 @@ class TrainConfig:
             raise InputError(f"unknown training setting {self.setting!r}; choose from {', '.join(SETTINGS)}")
         if self.trainable not in TRAINABLE:
             raise InputError(f"unknown trainable part {self.trainable!r}; use {', '.join(TRAINABLE)}")
-        if self.trainable == "features" and not self.feature_net:
-            raise InputError("--trainable features needs the feature network: add --feature-net")
+        if "features" in self.trainable.split("+") and not self.feature_net:
+            raise InputError(f"--trainable {self.trainable} needs the feature network: add --feature-net")
         if self.optimizer not in ("nsgd", "adam"):
             raise InputError(f"unknown optimizer {self.optimizer!r}; use nsgd or adam")
         if self.schedule not in ("constant", "cosine"):

@@ -136,9 +136,14 @@ def labels_folder(folder: Path, validation_cases: Sequence[str], pattern: str = 
 
 
 def open_dataset(dataset_json: Optional[str] = None, labels_dir: Optional[str] = None,
-                 validation_cases: Sequence[str] = ()) -> Dataset:
-    if bool(dataset_json) == bool(labels_dir):
-        raise InputError("give either a dataset.json (--dataset) or a folder of label maps (--labels-dir)")
+                 validation_cases: Sequence[str] = (), brain_data: Optional[str] = None) -> Dataset:
+    if sum(bool(source) for source in (dataset_json, labels_dir, brain_data)) != 1:
+        raise InputError("give one source of training data: a dataset.json (--dataset), a folder of label maps "
+                         "(--labels-dir) or the folder holding brain_mindboggle/ (--brain-data)")
+    if brain_data:
+        from .accuracy import brain_training_dataset  # the benchmark owns the brain split
+
+        return brain_training_dataset(Path(brain_data))
     if dataset_json:
         return read_dataset_json(Path(dataset_json))
     return labels_folder(Path(labels_dir), list(validation_cases))

@@ -65,7 +65,7 @@ class PreparedData:
 
 
 def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, validation: bool = True) -> PreparedData:
-    dataset = dataset or open_dataset(config.dataset, config.labels_dir, config.validation_cases)
+    dataset = dataset or open_dataset(config.dataset, config.labels_dir, config.validation_cases, config.brain_data)
     dataset.check_disjoint()
     names = dataset.training[: config.max_cases] if config.max_cases else dataset.training
     if len(names) < 2:
@@ -84,21 +84,27 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, *, vali
 
     windows: Dict[str, Tuple[float, float]] = {}
     boxes = {}
+    index = np.zeros(max(values) + 1, dtype=np.int32)
+    index[values] = np.arange(1, len(values) + 1)
     for name, case in loaded.items():
         if config.setting == "sdm":
             case.sdm = signed_distance_maps(case.labels, values, config.registration.working_spacing, config.registration.sdm_clip_mm)
+        # one-hot channels for the labels that occur, not for every integer up to the largest (brain label
+        # maps number theirs up to 2035)
+        case.labels = index[case.labels]
         if case.image is not None:
             windows[name] = intensity_window(case.image.ravel(), "auto")
         coords = np.nonzero(case.labels)
         boxes[name] = (np.array([c.min() for c in coords]), np.array([c.max() for c in coords]))
     return PreparedData([loaded[n] for n in names], {n: loaded[n] for n in val_names}, pairs, values,
-                        max(values) + 1, windows, boxes, PairAligner(config.prealign, windows))
+                        len(values) + 1, windows, boxes, PairAligner(config.prealign, windows))
 
 
 def _channels_present(fixed: CaseData, moving: CaseData, values: Sequence[int]) -> List[int]:
-    """Distance-map channels of the labels in either case (register() uses that union too)."""
+    """Distance-map channels of the labels in either case (register() uses that union too); the cases'
+    labels are indices into ``values`` plus one."""
     present = set(np.unique(fixed.labels)) | set(np.unique(moving.labels))
-    return [i for i, v in enumerate(values) if v in present]
+    return [i for i in range(len(values)) if i + 1 in present]
 
 
 class CaseTensors(NamedTuple):
@@ -251,16 +257,29 @@ def validate(config: TrainConfig, data: PreparedData, model: Optional[torch.nn.M
     return float(np.mean(scores))
 
 
+def trained_modules(config: TrainConfig, model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The parts of ``model`` that ``config.trainable`` names (``all``: the whole model)."""
+    if config.trainable == "all":
+        return [model]
+    modules: List[torch.nn.Module] = []
+    for part in config.trainable.split("+"):
+        if part == "branches":
+            modules += [getattr(predictor, layer) for predictor in (model.jacobian, model.residual)
+                        for layer in ("branch_in", "branch_out")]
+        else:
+            modules.append(getattr(model, part))
+    return modules
+
+
 def trained_parameters(config: TrainConfig, model: torch.nn.Module) -> List[torch.nn.Parameter]:
     """The parameters the run fits; the others keep their classic-GN initialisation."""
-    if config.trainable == "all":
-        return list(model.parameters())
-    part = getattr(model, config.trainable)
+    modules = trained_modules(config, model)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for parameter in part.parameters():
+    parameters = [p for module in modules for p in module.parameters()]
+    for parameter in parameters:
         parameter.requires_grad_(True)
-    return list(part.parameters())
+    return parameters
 
 
 def start_from(model: GaussNewtonPredictors, weights: Path) -> None:
@@ -301,7 +320,8 @@ def _save_checkpoint(path: Path, step: int, model, optimiser, config: TrainConfi
 def _comparable(config: TrainConfig) -> Dict:
     """The options that must not change between a checkpoint and its resumption."""
     values = config.to_dict()
-    for key in ("output", "steps", "val_every", "checkpoint_every", "threads", "dataset", "labels_dir"):
+    for key in ("output", "steps", "val_every", "checkpoint_every", "threads", "dataset", "labels_dir",
+                "brain_data"):
         values.pop(key, None)
     return values
 
