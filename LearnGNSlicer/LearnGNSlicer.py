@@ -48,9 +48,10 @@ class LearnGNSlicer(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LearnGNSlicer developers"]
         self.parent.helpText = _("""
-Deformable registration of a moving volume to a fixed volume by Gauss-Newton optimisation with
-learned predictors (Learning Registration Models with Differentiable Gauss-Newton Optimisation,
-MIDL 2022). Pick the fixed and the moving volume and press Apply; the registration runs in the
+Deformable registration of a moving volume to a fixed volume by differentiable Gauss-Newton
+optimisation (Learning Registration Models with Differentiable Gauss-Newton Optimisation, MIDL 2022):
+classic Gauss-Newton on MIND-SSC features by default, learned predictors in the presets that ship a
+trained model. Pick the fixed and the moving volume and press Apply; the registration runs in the
 background (GPU when available) and produces a displacement-field transform and the warped volume.
 See <a href="https://github.com/LearnGNSlicer/LearnGNSlicer/blob/main/docs/SLICER_MODULE.md">the module documentation</a>.
 """)

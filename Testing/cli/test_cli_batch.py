@@ -80,12 +80,23 @@ def test_resume_reruns_a_pair_whose_settings_changed_and_skips_an_unchanged_one(
     assert os.stat(summary).st_mtime_ns == done_at
 
 
-def test_the_result_key_names_what_changed():
+def test_the_result_key_names_what_changed(tmp_path, monkeypatch):
+    import torch
+
+    import learngn.settings
+    from learngn import models
     from learngn.cli.options import OutputOptions
     from learngn.cli.provenance import key_changes, result_key
+    from learngn.predictors import GaussNewtonPredictors
     from learngn.settings import get_preset
 
-    preset = get_preset("abdomen-synthetic-ct")
+    weights = tmp_path / "keyed.pt"
+    torch.save(GaussNewtonPredictors().state_dict(), weights)
+    (tmp_path / "keyed.json").write_text(json.dumps({"name": "keyed", "preset": "keyed-preset",
+                                                      "sha256": models.sha256(weights)}), encoding="utf-8")
+    monkeypatch.setenv(models.MODEL_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(learngn.settings, "PRESETS", dict(learngn.settings.PRESETS))
+    preset = get_preset("keyed-preset")
     key = result_key(preset.name, preset.settings, {"fixed": "/a.nii.gz", "moving": "/b.nii.gz"}, OutputOptions())
     assert len(key["model_sha256"]) == 64 and key["engine_version"]
     assert key_changes(json.loads(json.dumps(key)), key) == []

@@ -9,17 +9,36 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+import torch
 
 import learngn
 import learngn.settings
 from learngn import models
+from learngn.predictors import GaussNewtonPredictors
 
-SHIPPED = Path(__file__).resolve().parents[2] / "Resources" / "Models"
-SHIPPED_MODEL = "learngn_abdomen_synthetic_v1"
+REPOSITORY_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+#: The stand-in for a shipped model: these tests check the registry, not what the product ships.
+SHIPPED_MODEL = "learngn_test_shipped"
+SHIPPED_PRESET = "test-shipped-preset"
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch) -> Path:
+    """A shipped-models folder holding one model (``SHIPPED_MODEL``, preset ``SHIPPED_PRESET``)."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    weights = folder / f"{SHIPPED_MODEL}.pt"
+    torch.save(GaussNewtonPredictors(feature_net="mind").state_dict(), weights)
+    card = {"name": SHIPPED_MODEL, "preset": SHIPPED_PRESET, "description": "a shipped test model",
+            "settings": {"features": ["mind"], "iterations": 3}, "weights": weights.name,
+            "sha256": models.sha256(weights)}
+    (folder / f"{SHIPPED_MODEL}.json").write_text(json.dumps(card), encoding="utf-8")
+    monkeypatch.setattr(models, "_shipped_dirs", lambda: [folder])
+    return folder
 
 
 @pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch):
+def fresh_registry(monkeypatch, shipped):
     """Presets and reported problems of this test only; no cached model."""
     monkeypatch.setattr(learngn.settings, "PRESETS", dict(learngn.settings.PRESETS))
     monkeypatch.setattr(models, "_REPORTED", set(), raising=False)
@@ -28,17 +47,14 @@ def fresh_registry(monkeypatch):
     models.load_model.cache_clear()
 
 
-def _shipped_card() -> Dict[str, Any]:
-    return json.loads((SHIPPED / f"{SHIPPED_MODEL}.json").read_text(encoding="utf-8"))
-
-
 def _user_model(folder: Path, name: str, preset: str, **changes: Any) -> Path:
-    """A copy of a shipped model under another name (weights included), with ``changes`` to its card."""
+    """A copy of the shipped model under another name (weights included), with ``changes`` to its card."""
+    shipped_folder = models._shipped_dirs()[0]
     folder.mkdir(parents=True, exist_ok=True)
-    card = _shipped_card()
+    card: Dict[str, Any] = json.loads((shipped_folder / f"{SHIPPED_MODEL}.json").read_text(encoding="utf-8"))
     card.update({"name": name, "preset": preset, "weights": f"{name}.pt", **changes})
     card = {k: v for k, v in card.items() if v is not None}
-    shutil.copyfile(SHIPPED / f"{SHIPPED_MODEL}.pt", folder / f"{name}.pt")
+    shutil.copyfile(shipped_folder / f"{SHIPPED_MODEL}.pt", folder / f"{name}.pt")
     path = folder / f"{name}.json"
     path.write_text(json.dumps(card), encoding="utf-8")
     return path
@@ -49,7 +65,7 @@ def _messages(caught: List[warnings.WarningMessage]) -> str:
 
 
 def test_shipped_cards_pass_the_schema():
-    for path in SHIPPED.glob("*.json"):
+    for path in REPOSITORY_MODELS.glob("*.json"):
         assert models.check_card(json.loads(path.read_text(encoding="utf-8")), path.stem) == [], path
 
 
@@ -71,7 +87,7 @@ def test_a_bad_card_is_reported_and_skipped_and_the_others_still_load(tmp_path, 
         presets = learngn.list_presets()
         assert learngn.settings.get_preset("generic").name == "generic"
     assert "good-preset" in presets and "bad-preset" not in presets
-    assert "abdomen-synthetic-ct" in presets and "abdomen-segmentation-guided" in presets
+    assert SHIPPED_PRESET in presets
     text = _messages(caught)
     assert str(bad) in text and "skipped" in text and reason in text
     assert text.count(str(bad)) == 1, "a problem is reported once, not at every look-up"
@@ -114,13 +130,13 @@ def test_a_user_card_shadowing_a_shipped_model_is_named(tmp_path, monkeypatch):
 
 def test_a_user_card_shadowing_a_shipped_preset_is_named_and_used(tmp_path, monkeypatch):
     user = tmp_path / "models"
-    path = _user_model(user, "my_model", "abdomen-synthetic-ct")
+    path = _user_model(user, "my_model", SHIPPED_PRESET)
     monkeypatch.setenv(models.MODEL_DIR_VARIABLE, str(user))
     with pytest.warns(UserWarning) as caught:
-        preset = learngn.settings.get_preset("abdomen-synthetic-ct")
+        preset = learngn.settings.get_preset(SHIPPED_PRESET)
     assert preset.settings.model == "my_model"
     text = _messages(list(caught))
-    assert str(path) in text and "'abdomen-synthetic-ct'" in text and SHIPPED_MODEL in text
+    assert str(path) in text and f"'{SHIPPED_PRESET}'" in text and SHIPPED_MODEL in text
 
 
 def test_a_user_card_cannot_take_a_built_in_preset(tmp_path, monkeypatch):

@@ -315,8 +315,11 @@ def test_shipped_model_loads_safely_and_its_card_is_complete(card_path):
     assert preset.settings.model == card["name"]
     assert card["command"].startswith("learngn train ") and "--resume" not in card["command"]
     validation = card["validation"]
-    assert validation["pairs"] == 10 and validation["command"].startswith("learngn evaluate ")
+    assert validation["pairs"] >= 5 and validation["command"].startswith("learngn evaluate ")
     for method in ("learned", "untrained"):
         assert 0.0 < validation[method]["dice"] < 1.0
+    # what ships beats its untrained twin on its reporting split, at no more folding
+    assert validation["learned"]["dice"] > validation["untrained"]["dice"]
+    assert validation["learned"]["negative_jacobian_percent"] <= validation["untrained"]["negative_jacobian_percent"] + 0.01
     peers = card["peers"]["table"]  # the issue asks for the model beside the peers, in the card too
     assert f"| {card['preset']} |" in peers and "| ConvexAdam |" in peers

@@ -54,6 +54,19 @@ def test_the_panel_shows_the_description_under_the_selector_and_as_tooltips():
     assert "missing_input(" in source and "guidance_title(info.needs_segmentations)" in source
 
 
+def test_a_learned_distance_map_preset_needs_segmentations(tmp_path):
+    """A model card whose features are distance maps offers a preset that needs segmentations."""
+    import json
+
+    from LearnGNSlicerLib.presets import model_preset_infos
+
+    for name, features in (("guided", ["sdm"]), ("imaging", ["mind"])):
+        card = {"name": name, "preset": f"{name}-preset", "sha256": "0" * 64, "settings": {"features": features}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(card), encoding="utf-8")
+    infos = model_preset_infos(tmp_path)
+    assert infos["guided-preset"].needs_segmentations and not infos["imaging-preset"].needs_segmentations
+
+
 def test_preset_descriptions_and_needs_without_the_engine_match_the_engine(monkeypatch):
     learngn = pytest.importorskip("learngn", reason="the engine needs torch")
     from learngn.settings import get_preset
@@ -67,7 +80,6 @@ def test_preset_descriptions_and_needs_without_the_engine_match_the_engine(monke
         assert (info.description, info.needs_segmentations) == (description, needs), name
     assert {info.name for info in BUILT_IN} <= set(engine)
     assert preset_info("segmentation-guided").needs_segmentations
-    assert preset_info("abdomen-segmentation-guided").needs_segmentations
     assert not preset_info("generic").needs_segmentations
 
 

@@ -338,6 +338,26 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch)
         evaluate_command.run(args)
 
 
+def test_suite_figures_go_into_the_card_from_the_suite_where_the_model_ran(tmp_path):
+    """``evaluate --suite ... --record-in-card``: the card takes the first suite where both its learned
+    method and its untrained twin ran, and an evaluation where neither ran is an error."""
+    from learngn.cli.evaluate import _record_in_cards
+
+    card = tmp_path / "suite_model.json"
+    card.write_text(json.dumps({"name": "suite_model", "preset": "suite-preset"}), encoding="utf-8")
+    figures = dict(status="ok", hd95=3.0, negative_jacobian_percent=0.0, log_jacobian_std=0.1, seconds=1.0)
+    other = [dict(fixed="a", moving="b", spec="learngn:generic", dice=0.2, **figures)]
+    ran = [dict(fixed="a", moving="b", spec=spec, dice=dice, **figures)
+           for spec, dice in (("learngn:suite-preset", 0.6), ("gn:suite-preset", 0.5))]
+    args = argparse.Namespace(command_line=["learngn", "evaluate", "--suite", "ct,brain"])
+    _record_in_cards(args, [card], [(other, "ct table"), (ran, "brain table")])
+    validation = json.loads(card.read_text(encoding="utf-8"))["validation"]
+    assert validation["table"] == "brain table" and validation["learned"]["dice"] == 0.6
+    assert validation["untrained"]["dice"] == 0.5 and validation["command"].startswith("learngn evaluate --suite")
+    with pytest.raises(learngn.InputError, match="suite-preset"):
+        _record_in_cards(args, [card], [(other, "ct table")])
+
+
 @pytest.mark.data
 def test_abdomen_split_excludes_validation_cases(data_dir):
     folder = data_dir / "abdomen_ctct_labels"

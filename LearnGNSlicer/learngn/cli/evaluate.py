@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     args.methods = args.methods or DEFAULT_METHODS
     from ..training.data import open_dataset
     from ..models import read_card
-    from ..training.cards import record_validation
     from ..training.evaluation import evaluate
 
     cards = [read_card(name)["_path"] for name in args.record_in_card]  # an unknown name fails before the work
@@ -84,12 +83,28 @@ def run(args: argparse.Namespace) -> int:
                       log=lambda line: sys.stderr.write(f"learngn: note: {line}\n"))
     markdown = result.files["markdown"].read_text(encoding="utf-8")
     print(markdown)
-    for card in cards:
-        record_validation(Path(card), result.rows, shlex.join(getattr(args, "command_line", ["learngn", "evaluate"])),
-                          markdown)
-        print(f"recorded the validation figures in {card}")
+    _record_in_cards(args, cards, [(result.rows, markdown)])
     print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0
+
+
+def _record_in_cards(args: argparse.Namespace, cards, tables) -> None:
+    """Write each card's figures (its learned method against its untrained twin) from the first of ``tables``
+    (rows, Markdown) where both ran."""
+    from ..errors import InputError
+    from ..training.cards import record_validation
+
+    command = shlex.join(getattr(args, "command_line", ["learngn", "evaluate"]))
+    for card in cards:
+        for index, (rows, markdown) in enumerate(tables):
+            try:
+                record_validation(Path(card), rows, command, markdown)
+            except InputError:
+                if index == len(tables) - 1:
+                    raise
+                continue
+            print(f"recorded the validation figures in {card}")
+            break
 
 
 def run_suites(args: argparse.Namespace) -> int:
@@ -100,6 +115,9 @@ def run_suites(args: argparse.Namespace) -> int:
     if not args.data:
         raise InputError("--suite needs the shared data: give --data DIR (the folder holding brain_mindboggle/, "
                          "ct/ and abdomen_ctct_labels/) or set LEARNGN_DATA")
+    from ..models import read_card
+
+    cards = [read_card(name)["_path"] for name in args.record_in_card]  # an unknown name fails before the work
     suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",") if s.strip()]
     results = run_accuracy_suites(Path(args.data), suites, _split_methods(args.methods or SUITE_METHODS),
                                   Path(args.output), split=args.split, device=args.device,
@@ -107,5 +125,6 @@ def run_suites(args: argparse.Namespace) -> int:
                                   log=lambda line: sys.stderr.write(f"learngn: note: {line}\n"))
     for result in results:
         print(result.markdown)
+    _record_in_cards(args, cards, [(result.rows, result.markdown) for result in results])
     print(f"wrote {Path(args.output) / 'accuracy.md'} and one folder per suite")
     return 0
