@@ -79,7 +79,8 @@ def test_synthetic_ct_is_label_consistent():
     labels[4:12, 4:20, 4:20] = 1
     labels[12:20, 4:20, 4:20] = 2
     labels[8:16, 8:16, 8:16] = 3
-    quiet = SynthesisOptions(texture_hu=(0, 0), noise_hu=(0, 0), bias=(0, 0), blur_voxels=(0, 0))
+    quiet = SynthesisOptions(texture_hu=(0, 0), noise_hu=(0, 0), bias=(0, 0), blur_voxels=(0, 0),
+                             merge_probability=0.0, slice_thickness=(1.0, 1.0))
     image = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0, options=quiet)[0, 0]
     means = []
     for label in (1, 2, 3):
@@ -88,11 +89,32 @@ def test_synthetic_ct_is_label_consistent():
         means.append(float(values[0]))
     assert len(set(np.round(means, 3))) == 3
     assert float(image[0, 0, 0]) == pytest.approx(-1000.0)  # air far from the organs
-    noisy = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0)[0, 0]
+    thin = SynthesisOptions(merge_probability=0.0, slice_thickness=(1.0, 1.0))
+    noisy = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0, options=thin)[0, 0]
     for label, mean in zip((1, 2, 3), means):  # same draws: noise and bias only perturb the label's value
         assert abs(float(noisy[labels == label].mean()) - mean) < 40.0
-    again = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0)
+    again = synthetic_ct(labels, torch.Generator().manual_seed(1), spacing_mm=4.0, options=thin)
     assert torch.equal(again[0, 0], noisy)
+
+
+def test_random_synthesis_merges_labels_and_thickens_slices():
+    """Appearance randomisation: some labels share an intensity, and the image is seen through thick slices."""
+    from learngn.training.synthesis import thick_slices
+
+    labels = torch.zeros((24, 24, 24), dtype=torch.long)
+    for label in range(1, 9):
+        labels[2 + 2 * label: 4 + 2 * label, 4:20, 4:20] = label
+    merge_all = SynthesisOptions(texture_hu=(0, 0), noise_hu=(0, 0), bias=(0, 0), blur_voxels=(0, 0),
+                                 merge_probability=1.0, slice_thickness=(1.0, 1.0))
+    image = synthetic_ct(labels, torch.Generator().manual_seed(3), spacing_mm=4.0, options=merge_all)[0, 0]
+    values = {round(float(image[labels == label][0]), 3) for label in range(1, 9)}
+    assert len(values) < 8, "with every label merged some must share an intensity"
+    slab = torch.zeros((1, 1, 12, 6, 6))
+    slab[:, :, ::2] = 1.0  # alternating slices: a thick-slice scan cannot resolve them
+    thick = thick_slices(slab, 3.0, axis=0)
+    assert thick.shape == slab.shape and float(thick.std()) < 0.5 * float(slab.std())
+    assert torch.equal(thick_slices(slab, 3.0, axis=1), slab), "constant along the other axes"
+    assert torch.equal(thick_slices(slab, 1.0, axis=0), slab)
 
 
 def test_synthetic_ct_image_keeps_geometry(tiny_labels):

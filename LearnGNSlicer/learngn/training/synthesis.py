@@ -3,7 +3,8 @@
 Every label gets a random intensity (Hounsfield-like units), the space around the organs a random
 "body" tissue value and air beyond it; then within-label texture, noise, a smooth multiplicative bias
 field and a blur.  ``mode="random"`` draws organ intensities uniformly (domain randomisation, for
-training); ``mode="ct"`` uses typical contrast-enhanced CT values of the 13 Learn2Reg abdomen organs
+training), lets some labels share one intensity (tissues that look alike) and resamples the image through
+thick slices along a random axis (scans of another resolution); ``mode="ct"`` uses typical contrast-enhanced CT values of the 13 Learn2Reg abdomen organs
 with a small jitter (a fixed, realistic appearance for evaluation).
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ class SynthesisOptions:
     noise_hu: tuple = (0.0, 25.0)             # std of white noise
     bias: tuple = (0.0, 0.08)                 # std of the log bias field
     blur_voxels: tuple = (0.0, 0.8)           # Gaussian blur sigma
+    merge_probability: float = 0.25           # a label takes another label's intensity ("random" mode)
+    slice_thickness: tuple = (1.0, 3.0)       # voxels per slice along one random axis ("random" mode)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -55,6 +58,9 @@ def synthetic_ct(labels: torch.Tensor, generator: torch.Generator, *, spacing_mm
     if mode == "random":
         low, high = options.organ_range_hu
         values = low + (high - low) * torch.rand(n, generator=generator)
+        if n > 2:  # merges: a model must not rely on every organ having a contrast of its own
+            merged = torch.rand(n, generator=generator) < options.merge_probability
+            values = torch.where(merged, values[torch.randint(1, n, (n,), generator=generator)], values)
         body_value = _uniform(generator, *options.body_range_hu)
     else:
         jitter = options.ct_jitter_hu * torch.randn(n, generator=generator)
@@ -72,8 +78,24 @@ def synthetic_ct(labels: torch.Tensor, generator: torch.Generator, *, spacing_mm
                              mode="trilinear", align_corners=True) * _uniform(generator, *options.bias)
     image = (image - AIR_HU) * torch.exp(log_bias) + AIR_HU
     image = gaussian_smooth(image, _uniform(generator, *options.blur_voxels))
+    if mode == "random":
+        axis = int(torch.randint(0, 3, (), generator=generator))
+        image = thick_slices(image, _uniform(generator, *options.slice_thickness), axis)
     image = image + torch.randn(image.shape, generator=generator) * _uniform(generator, *options.noise_hu)
     return image
+
+
+def thick_slices(image: torch.Tensor, thickness: float, axis: int) -> torch.Tensor:
+    """``image`` ``(1, 1, D, H, W)`` as a scan with ``thickness`` voxels per slice along ``axis`` would show
+    it: averaged over slices along that axis, then linearly back to its grid."""
+    size = list(image.shape[2:])
+    slices = max(1, int(round(size[axis] / thickness)))
+    if thickness <= 1.0 or slices == size[axis]:
+        return image
+    coarse = list(size)
+    coarse[axis] = slices
+    down = F.interpolate(image, size=coarse, mode="area")
+    return F.interpolate(down, size=size, mode="trilinear", align_corners=True)
 
 
 def case_seed(name: str) -> int:
