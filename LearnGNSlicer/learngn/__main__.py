@@ -1,7 +1,5 @@
 """``python -m learngn ...``: the same command line as the ``learngn`` console script."""
-import sys
-
-from .cli import main
+from .cli import run_and_exit
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()

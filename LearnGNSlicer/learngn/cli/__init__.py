@@ -128,4 +128,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
 
 
-__all__: List[str] = ["main", "build_parser", "SUBCOMMANDS", "Parser"]
+def run_and_exit() -> None:
+    """The console script and ``python -m learngn``: :func:`main`, then exit without the interpreter's
+    teardown.  Every output file is closed by then; what the teardown would still do (freeing torch's thread
+    pools and collecting its modules) took about a second of a two-second-shorter demo on the 2-core CPU."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (``| head``) or a closed stream
+            pass
+    os._exit(code)
+
+
+__all__: List[str] = ["main", "run_and_exit", "build_parser", "SUBCOMMANDS", "Parser"]
