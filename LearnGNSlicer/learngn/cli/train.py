@@ -99,8 +99,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
     options = parser.add_argument_group("training options (defaults: the product's learngn.RegistrationSettings on a "
                                         "6 mm grid, and learngn.training.TrainConfig)")
-    choices = {"--setting": ("sdm", "synthetic", "images"), "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
-               "--trainable": ("all", "residual", "jacobian", "features", "branches", "branches+features"), "--synthesis": ("random", "ct"),
+    from ..training.config import SETTINGS, TRAINABLE  # ~25 ms after the torch that learngn.cli imports
+
+    choices = {"--setting": SETTINGS, "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
+               "--trainable": TRAINABLE, "--synthesis": ("random", "ct"),
                "--schedule": ("constant", "cosine"), "--prealign": ("none", "com", "affine")}
     for flag, (_, kind, text) in _OPTIONS.items():
         options.add_argument(flag, type=kind, default=None, help=text, choices=choices.get(flag))
