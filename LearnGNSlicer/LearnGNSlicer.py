@@ -140,10 +140,16 @@ class LearnGNSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self._job is not None and not self._job.finished:
             self._job.cancel()
+        if self.logic is not None:
+            self.logic.stop_worker()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        try:  # the first Apply then finds PyTorch imported; a failure here shows at Apply, with its cause
+            self.logic.prepare_worker()
+        except Exception:
+            logging.exception("LearnGNSlicer: the warm worker could not be started ahead of Apply")
 
     def exit(self) -> None:
         # Stop following the parameter node while hidden; enter() connects it again.

@@ -10,7 +10,12 @@ anything it started).  Cases:
 * ``slicer``: the Slicer module's logic against slicer-core's real MRML (a 256^3 pair), with the time outside
   ``register()`` broken down: exporting the volumes, the worker's start and imports, reading, writing, its
   exit, reading the hand-over files and creating the nodes;
-* ``slicer-warm``: the same with the warm worker, the second run measured (codes that have one).
+* ``slicer-warm``: the same with the warm worker, the second run measured (codes that have one);
+* ``slicer-prepared``: the module's default since the warm worker is on by default: the worker is started when
+  the module opens and the first Apply comes once it is ready (the time it takes to be ready is reported);
+* ``slicer-immediate``: the same, but Apply at the moment the module opens (the worst case).
+
+``slicer`` asks for a new worker process per Apply (the setting off) in codes where that is not the default.
 
 ``--code NAME=FOLDER`` runs the cases with another checkout's ``LearnGNSlicer`` folder first on PYTHONPATH
 (e.g. ``--code before=/tmp/old/LearnGNSlicer`` for a ``git worktree`` of an older commit), so the old and
@@ -133,7 +138,8 @@ from LearnGNSlicerLib.logic import RegistrationLogic
 from LearnGNSlicerLib.worker import WorkerLauncher
 
 size = tuple(int(v) for v in sys.argv[1].split("x"))
-warm = len(sys.argv) > 2 and sys.argv[2] == "warm"
+mode = sys.argv[2] if len(sys.argv) > 2 else "cold"
+warm = mode == "warm"
 marks = {}
 def timed(name, function):
     def wrapped(*args, **kwargs):
@@ -179,15 +185,29 @@ first = {}
 def progress(event):
     if event.stage == "prepare" and "event" not in first:
         first["event"] = time.perf_counter()
-options = {"warm_worker": True} if warm else {}
+import inspect
+has_setting = "warm_worker" in inspect.signature(RegistrationLogic.__init__).parameters
+options = {"warm_worker": mode != "cold"} if has_setting else {}
 logic = RegistrationLogic(launcher=WorkerLauncher(python=sys.executable), probe_gpu=False, **options)
 if warm:  # the first Apply starts the worker; the second is measured
     logic.register(fixed, moving, device="cpu")
     marks.clear()
+ready_s = None
+if mode in ("prepared", "immediate"):  # the module opened
+    opened = time.perf_counter()
+    logic.prepare_worker()
+    if mode == "prepared":  # the user picks the volumes meanwhile; Apply once the worker is ready
+        while not logic.worker().ready:
+            logic.worker().poll()
+            time.sleep(0.01)
+        ready_s = time.perf_counter() - opened
 started = time.perf_counter()
 result = logic.register(fixed, moving, device="cpu", on_progress=progress)
 total = time.perf_counter() - started
-if warm:
+idle_rss_mb = None
+if mode != "cold":
+    with open(f"/proc/{logic.worker().pid}/status") as status:  # what the idle worker holds after the run
+        idle_rss_mb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
     logic.stop_worker()
 timings = result.summary.get("timings_s", {})
 worker = marks["worker_exited"] - marks["worker_started"]
@@ -205,6 +225,7 @@ breakdown = {
     "create_nodes_s": marks["store_outputs"],
 }
 breakdown["outside_register_s"] = total - breakdown["register_s"]
+breakdown["worker_ready_s"], breakdown["idle_worker_rss_mb"] = ready_s, idle_rss_mb
 breakdown["other_s"] = breakdown["outside_register_s"] - sum(
     breakdown[k] for k in ("export_s", "worker_start_import_s", "worker_read_s", "worker_write_s", "worker_rest_s",
                            "read_handover_s", "create_nodes_s"))
@@ -212,10 +233,16 @@ print(json.dumps(breakdown))
 """
 
 
-def run_slicer(code: Path, size: tuple, warm: bool = False) -> Dict[str, float]:
+SLICER_MODES = {"slicer": "cold", "slicer-warm": "warm", "slicer-prepared": "prepared",
+                "slicer-immediate": "immediate"}
+SLICER_ROW_NAMES = {"cold": "", "warm": ", warm worker, 2nd run", "prepared": ", worker started at module open, Apply when ready",
+                    "immediate": ", worker started at module open, Apply at once"}
+
+
+def run_slicer(code: Path, size: tuple, mode: str = "cold") -> Dict[str, float]:
     env = environment(code)
-    output = subprocess.run([sys.executable, "-c", SLICER_CASE, "x".join(str(n) for n in size),
-                             "warm" if warm else "cold"], env=env, capture_output=True, text=True)
+    output = subprocess.run([sys.executable, "-c", SLICER_CASE, "x".join(str(n) for n in size), mode],
+                            env=env, capture_output=True, text=True)
     if output.returncode != 0:
         raise RuntimeError(output.stderr[-2000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -235,8 +262,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", action="append", default=[], metavar="NAME=FOLDER",
                         help="a LearnGNSlicer folder to measure (repeatable; default: this checkout's)")
-    parser.add_argument("--cases", default="demo,pair,ct,slicer,slicer-warm",
-                        help="comma-separated: demo,pair,ct,slicer,slicer-warm")
+    parser.add_argument("--cases", default="demo,pair,ct,slicer,slicer-warm,slicer-prepared,slicer-immediate",
+                        help="comma-separated: demo,pair,ct," + ",".join(SLICER_MODES))
     parser.add_argument("--slicer-size", default="x".join(str(n) for n in SLICER_SIZE))
     parser.add_argument("--workdir", default="/tmp/learngn-benchmark-user")
     args = parser.parse_args(argv)
@@ -252,13 +279,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     for case in cases:
         for name, folder in codes.items():
             code = Path(folder).resolve()
-            if case in ("slicer", "slicer-warm"):
-                warm = case == "slicer-warm"
-                if warm and not (code / "LearnGNSlicerLib" / "warm.py").is_file():
+            if case in SLICER_MODES:
+                mode = SLICER_MODES[case]
+                if mode != "cold" and not (code / "LearnGNSlicerLib" / "warm.py").is_file():
                     continue  # that code has no warm worker
+                if mode in ("prepared", "immediate") and "prepare_worker" not in (
+                        code / "LearnGNSlicerLib" / "logic.py").read_text():
+                    continue  # nor one started ahead of the first Apply
                 size = tuple(int(v) for v in args.slicer_size.split("x"))
-                figures = run_slicer(code, size, warm)
-                slicer_rows.append([name + (", warm worker, 2nd run" if warm else ""), *[number(figures.get(k), 2) for k in (
+                figures = run_slicer(code, size, mode)
+                slicer_rows.append([name + SLICER_ROW_NAMES[mode], *[number(figures.get(k), 2) for k in (
+                    "worker_ready_s", "idle_worker_rss_mb",
                     "total_s", "request_to_engine_start_s", "register_s", "outside_register_s", "export_s",
                     "worker_start_import_s",
                     "worker_read_s", "worker_write_s", "worker_rest_s", "read_handover_s", "create_nodes_s",
@@ -277,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "write (s)", "report (s)", "written (MB)", "peak RSS (MB)", "demo error (mm)"]))
     if slicer_rows:
         print(f"\nSlicer logic path, {args.slicer_size} int16 pair, real MRML (slicer-core), seconds:")
-        print(table(slicer_rows, ["code", "request to nodes", "request to engine start", "register()",
+        print(table(slicer_rows, ["code", "module open to worker ready", "idle worker RSS after (MB)", "request to nodes", "request to engine start", "register()",
                                   "outside register()", "export", "worker start + imports", "worker read", "worker write", "worker summary (+ exit when waited for)",
                                   "read hand-over", "create nodes", "other (polling)"]))
     return 0

@@ -32,7 +32,7 @@ class RegistrationLogic:
     def __init__(self, launcher: Optional[WorkerLauncher] = None, probe_gpu: bool = True,
                  warm_worker: Optional[bool] = None) -> None:
         """``warm_worker``: keep one worker process up between runs (None: the setting, see
-        :func:`LearnGNSlicerLib.warm.warm_worker_enabled`; off unless set)."""
+        :func:`LearnGNSlicerLib.warm.warm_worker_enabled`; on unless turned off)."""
         self.launcher = launcher or WorkerLauncher()
         self.probe_gpu = probe_gpu
         self.warm_worker = warm_worker_enabled() if warm_worker is None else warm_worker
@@ -45,6 +45,13 @@ class RegistrationLogic:
         if self._warm is None:
             self._warm = WarmWorker(self.launcher)
         return self._warm
+
+    def prepare_worker(self) -> None:
+        """Start the warm worker ahead of the first request (the module calls this when it is opened);
+        nothing happens when the setting is off or the worker is already up."""
+        worker = self.worker()
+        if worker is not None:
+            worker.prestart()
 
     def stop_worker(self) -> None:
         """Let the warm worker exit (a later run starts a new one)."""

@@ -8,8 +8,11 @@ request and keeps the process; if it does not answer within the grace period it 
 crashes or is killed ends the run in progress as failed (or cancelled) and is replaced by a new one at the
 next request.  It exits with Slicer (its input closes) and on :meth:`WarmWorker.stop`.
 
-Whether the module uses one is a setting (:func:`warm_worker_enabled`): off by default, since the process
-keeps its memory (and GPU memory) between runs.
+Whether the module uses one is a setting (:func:`warm_worker_enabled`): on unless turned off, since a new
+process per Apply costs about 2 s of Python and PyTorch start on a 2-core CPU (more with a CUDA context).
+The module starts it when it is opened (:meth:`WarmWorker.prestart`), so even the first Apply finds it
+ready.  The price is the idle process's memory (PyTorch imported; it frees its caches after every run);
+turning the setting off gives a new process per Apply, which holds nothing between runs.
 """
 from __future__ import annotations
 
@@ -29,17 +32,22 @@ SETTING_KEY = "LearnGNSlicer/WarmWorker"
 ENVIRONMENT_VARIABLE = "LEARNGN_WARM_WORKER"
 
 
+_OFF = ("0", "false", "no", "off")
+
+
 def warm_worker_enabled() -> bool:
-    """The setting: ``LEARNGN_WARM_WORKER=1``, or ``LearnGNSlicer/WarmWorker`` true in Slicer's settings."""
-    if os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
+    """The setting, on unless ``LEARNGN_WARM_WORKER=0`` or ``LearnGNSlicer/WarmWorker`` false in Slicer's
+    settings (the environment variable wins where both are set)."""
+    variable = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    if variable:
+        return variable not in _OFF
     try:
         import slicer
 
         value = slicer.app.settings().value(SETTING_KEY)
     except (ImportError, AttributeError):
-        return False
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+        return True
+    return value is None or str(value).strip().lower() not in _OFF
 
 
 class WarmRun:
@@ -92,11 +100,17 @@ class WarmWorker:
         self.starts = 0
         self._process: Optional[WorkerProcess] = None
         self._run: Optional[WarmRun] = None
+        self._ready = False
         atexit.register(self.stop)
 
     @property
     def running(self) -> bool:
         return self._process is not None and not self._process.finished
+
+    @property
+    def ready(self) -> bool:
+        """The process is up and has imported the engine (it said so); :meth:`poll` reads what it said."""
+        return self.running and self._ready
 
     @property
     def busy(self) -> bool:
@@ -126,11 +140,17 @@ class WarmWorker:
             return run
         raise RuntimeError("The warm worker could not be started.")
 
+    def prestart(self) -> None:
+        """Start the process now, without a request, so that the next request finds PyTorch imported."""
+        if not self.running:
+            self._start()
+
     def _start(self) -> None:
         argv = [self.launcher.executable(), "-m", "LearnGNSlicerLib.warm_worker", self.launcher.module]
         self._process = WorkerProcess(argv, env=self.launcher.environment(), on_line=self._on_line,
                                       on_exit=self._on_exit, terminate_grace=self.terminate_grace,
                                       stdin_pipe=True).start()
+        self._ready = False
         self.starts += 1
 
     def poll(self) -> None:
@@ -141,6 +161,7 @@ class WarmWorker:
         event = parse_event(text) if stream == "stdout" else None
         kind = event.get("event") if event else None
         if kind == READY:
+            self._ready = True
             return
         if kind == REQUEST_FINISHED:
             self._process.withdraw_cancel()  # the request ended; the process stays

@@ -28,6 +28,13 @@ def scene():
     slicer.mrmlScene = previous
 
 
+@pytest.fixture(autouse=True)
+def one_process_per_run(monkeypatch):
+    """The module's default is the warm worker; these tests follow one worker process per run unless they
+    ask for the warm worker (``warm_worker=True``), so that no process outlives its test."""
+    monkeypatch.setenv("LEARNGN_WARM_WORKER", "0")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def segmentation_converters():
     """Slicer's Segmentations module registers these rules at startup; slicer-core does not."""

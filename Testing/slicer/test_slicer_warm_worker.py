@@ -1,4 +1,4 @@
-"""The warm worker (optional): one process serves successive registrations, a cancelled run keeps it, a
+"""The warm worker (on by default, started when the module opens): one process serves successive registrations, a cancelled run keeps it, a
 crashed or killed one is reported and replaced at the next run, and it exits on request."""
 import os
 import signal
@@ -45,11 +45,33 @@ def wait_until(condition, timeout=30.0):
         time.sleep(0.05)
 
 
-def test_setting_is_off_unless_asked_for(monkeypatch):
+def test_setting_is_on_unless_turned_off(monkeypatch):
     monkeypatch.delenv(ENVIRONMENT_VARIABLE, raising=False)
-    assert not warm_worker_enabled() and not RegistrationLogic(probe_gpu=False).warm_worker
-    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "1")
     assert warm_worker_enabled() and RegistrationLogic(probe_gpu=False).worker() is not None
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(ENVIRONMENT_VARIABLE, off)
+        assert not warm_worker_enabled() and RegistrationLogic(probe_gpu=False).worker() is None
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "1")
+    assert warm_worker_enabled()
+
+
+def test_prepared_worker_serves_the_first_run(scene, volumes, warm_logic):
+    logic = warm_logic(fake_launcher(FAKE_LEARNGN_SHIFT_LPS="-4,0,0"))
+    logic.prepare_worker()
+    pid = logic.worker().pid
+    assert logic.worker().running and pid is not None and _alive(pid)
+    logic.prepare_worker()  # a second call (the module entered again) starts nothing
+    wait_until(lambda: logic.worker().poll() or logic.worker().ready)
+    result = logic.register(*volumes, timeout=60)
+    assert result.warped_node is not None
+    assert logic.worker().pid == pid and logic.worker().starts == 1
+
+
+def test_prepare_does_nothing_when_the_setting_is_off(monkeypatch):
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "0")
+    logic = RegistrationLogic(launcher=fake_launcher(), probe_gpu=False)
+    logic.prepare_worker()
+    assert logic.worker() is None
 
 
 def test_one_process_serves_successive_registrations(scene, volumes, warm_logic):
@@ -134,4 +156,4 @@ def test_the_real_engine_serves_two_runs_from_one_process(scene, warm_logic):
         assert result.warped_node is not None
     assert logic.worker().starts == 1
     timings = result.summary["timings_s"]  # the second run's process-age timing counts from its request
-    assert timings["since_process_start"] < timings["wall"] + 1.0, timings
+    assert timings["since_process_start"] < timings["wall"] + 1.0, str(timings)
