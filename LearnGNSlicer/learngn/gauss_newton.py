@@ -67,13 +67,47 @@ def upsample_from_grid(field: torch.Tensor, stride: int, shape: Tuple[int, ...])
 CHANNEL_BATCH_VOXELS = 2_000_000
 
 
+def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``sum_c J_c^2`` and ``sum_c f_c J_c``, each ``(1, 3, D, H, W)``, of the classic terms (central differences
+    of the warped channel, edges replicated; residual warped minus fixed), accumulated in place one channel and
+    one axis at a time.  Without gradients only: it is :func:`classic_terms` without its padded copy, its
+    concatenation and its per-channel products, about three times faster on a 4 M-voxel working grid."""
+    hessian = warped.new_zeros((1, 3, *warped.shape[2:]))
+    gradient = warped.new_zeros((1, 3, *warped.shape[2:]))
+    derivative = warped.new_empty(warped.shape[2:])
+    residual = warped.new_empty(warped.shape[2:])
+    for channel in range(warped.shape[1]):
+        moving_channel = warped[0, channel]
+        torch.sub(moving_channel, fixed[0, channel], out=residual)
+        for axis in range(3):
+            n = moving_channel.shape[axis]
+            if n < 2:
+                derivative.zero_()
+            else:  # replicate padding: one-sided halves at the two edges
+                torch.sub(moving_channel.narrow(axis, 2, n - 2), moving_channel.narrow(axis, 0, n - 2),
+                          out=derivative.narrow(axis, 1, n - 2))
+                torch.sub(moving_channel.narrow(axis, 1, 1), moving_channel.narrow(axis, 0, 1),
+                          out=derivative.narrow(axis, 0, 1))
+                torch.sub(moving_channel.narrow(axis, n - 1, 1), moving_channel.narrow(axis, n - 2, 1),
+                          out=derivative.narrow(axis, n - 1, 1))
+                derivative.mul_(0.5)
+            hessian[0, axis].addcmul_(derivative, derivative)
+            gradient[0, axis].addcmul_(residual, derivative)
+    return hessian, gradient
+
+
 def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
                        predictors: Optional[GaussNewtonPredictors], stride: int
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``."""
+    channels = warped.shape[1]
+    if predictors is None and not (torch.is_grad_enabled() and (warped.requires_grad or fixed.requires_grad)):
+        hessian, gradient = _classic_sums(warped, fixed)
+        if weight is not None:
+            hessian, gradient = hessian * weight, gradient * weight
+        return pool_to_grid(hessian / channels, stride)[0], pool_to_grid(gradient / channels, stride)[0]
     hessian = None
     gradient = None
-    channels = warped.shape[1]
     batch = max(1, CHANNEL_BATCH_VOXELS // max(1, warped[0, 0].numel()))
     for first in range(0, channels, batch):
         # channels become the batch dimension: (C, 1, D, H, W)

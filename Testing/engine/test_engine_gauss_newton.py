@@ -137,3 +137,20 @@ def test_terms_are_zero_where_the_weight_is_zero(blob_pair):
     assert hessian.shape == (3, 8, 8, 8)
     assert float(hessian[..., 4:].abs().max()) == 0.0 and float(gradient[..., 4:].abs().max()) == 0.0
     assert float(hessian[..., :4].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 11), (2, 12, 10), (16, 16, 16)])
+def test_in_place_classic_terms_equal_the_differentiable_ones(shape):
+    """Registration (no gradients) sums the classic terms in place; training keeps the differentiable path.
+    Both must give the same pooled terms, edges (replicated differences) and the mask weight included."""
+    generator = torch.Generator().manual_seed(1)
+    warped, fixed = torch.rand(2, 1, 5, *shape, generator=generator)
+    weight = (torch.rand(1, 1, *shape, generator=generator) > 0.3).float()
+    with torch.no_grad():
+        fast = gauss_newton_terms(warped, fixed, weight, None, 2)
+    tracked = warped.clone().requires_grad_(True)
+    reference = gauss_newton_terms(tracked, fixed, weight, None, 2)
+    for got, expected in zip(fast, reference):
+        assert float(expected.abs().max()) > 0.0
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+    assert reference[0].requires_grad  # the training path still carries gradients
