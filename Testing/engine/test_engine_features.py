@@ -60,6 +60,40 @@ def test_gaussian_smooth_preserves_constants_and_mass():
     assert gaussian_smooth(impulse, 0.0) is impulse
 
 
+def test_gaussian_smooth_equals_scipy_with_nearest_edges(textured_volume):
+    """The separable sums match SciPy's Gaussian filter (edges replicated, the same truncation radius)."""
+    sigma = 1.2
+    expected = ndimage.gaussian_filter(textured_volume[0, 0].numpy().astype(np.float64), sigma, mode="nearest",
+                                       truncate=np.ceil(2.0 * sigma) / sigma)
+    np.testing.assert_allclose(gaussian_smooth(textured_volume, sigma)[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_mind_equals_its_definition(textured_volume):
+    """Each channel is exp(-D/V) of one SSC pair: D the smoothed squared difference of the image shifted by
+    the pair's two offsets (edges replicated), minus the smallest over channels; V their mean per voxel."""
+    image = textured_volume[0, 0].numpy().astype(np.float64)
+    dilation, sigma = 2, 0.8
+    six = [(dilation, 0, 0), (-dilation, 0, 0), (0, dilation, 0), (0, -dilation, 0), (0, 0, dilation),
+           (0, 0, -dilation)]
+    pairs = [(a, b) for i, a in enumerate(six) for b in six[i + 1:]
+             if sum((p - q) ** 2 for p, q in zip(a, b)) == 2 * dilation ** 2]
+    padded = np.pad(image, dilation, mode="edge")
+
+    def shifted(offset):
+        return padded[tuple(slice(dilation + o, dilation + o + n) for o, n in zip(offset, image.shape))]
+
+    truncate = np.ceil(2.0 * sigma) / sigma
+    d = np.stack([ndimage.gaussian_filter((shifted(a) - shifted(b)) ** 2, sigma, mode="nearest", truncate=truncate)
+                  for a, b in pairs])
+    d -= d.min(axis=0)
+    variance = d.mean(axis=0)
+    variance = np.clip(variance, variance.mean() * 1e-3 + 1e-12, variance.mean() * 1e3 + 1e-12)
+    expected = np.exp(-d / variance)
+    assert len(pairs) == 12
+    np.testing.assert_allclose(mind_ssc(textured_volume, dilation=dilation, sigma=sigma)[0].numpy(), expected,
+                               atol=1e-4)
+
+
 # -- signed distance maps ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
