@@ -33,9 +33,9 @@ BUILT_IN = [
     PresetInfo(DEFAULT_PRESET, "Any modality (CT, MRI, CT to MRI): affine pre-alignment, then classic Gauss-Newton "
                                "on MIND-SSC features, coarse to fine (control points every 2 working voxels at the "
                                "finest level); no learned weights."),
-    PresetInfo("brain-mri", "Brain MRI of different people or sessions: the generic method with less regularisation "
-                            "and a finer working grid (about 1.5 mm for a 1 mm head scan), for the detail of "
-                            "cortical and deep structures."),
+    PresetInfo("brain-mri", "Brain MRI of different people or sessions: the generic method with less regularisation, "
+                            "for the detail of cortical and deep structures (more folding, still far below "
+                            "0.1 %)."),
     PresetInfo("segmentation-guided", "The paper's 3D setting: signed distance maps of segmentations of both images, "
                                       "classic Gauss-Newton.", needs_segmentations=True),
 ]

@@ -96,7 +96,7 @@ def test_lambda_schedule_is_log_spaced():
 
 def test_regularisation_scales_the_whole_schedule():
     """``regularisation`` is the user's one knob: it multiplies every lambda of the settings' schedule."""
-    base = settings_schedule(RegistrationSettings())
+    base = settings_schedule(RegistrationSettings(regularisation=1.0))
     assert np.allclose(settings_schedule(RegistrationSettings(regularisation=3.0)), 3.0 * np.array(base))
 
 
