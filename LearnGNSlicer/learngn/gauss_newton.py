@@ -125,6 +125,19 @@ def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Option
     return hessian, gradient
 
 
+def usable_levels(shape: Tuple[int, ...], levels: int, stride: int) -> int:
+    """At most ``levels``, fewer where a thin working grid (a slab) cannot be halved that often: every axis of
+    the coarsest level must still hold one control cell (``stride`` voxels)."""
+    usable = 1
+    sizes = list(shape)
+    while usable < levels:
+        sizes = [int(np.ceil(n / 2)) for n in sizes]
+        if min(sizes) < max(stride, 2):
+            break
+        usable += 1
+    return usable
+
+
 def _pyramid(volume: Optional[torch.Tensor], levels: int) -> List[Optional[torch.Tensor]]:
     """Finest first; each coarser level halves the resolution."""
     out = [volume]
@@ -164,12 +177,13 @@ def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: Registrati
     use); ``backend`` is the resolved solver (see :func:`learngn.solver.resolve_backend`).  Differentiable
     with respect to the predictors' weights and the inputs, for training.
     """
-    fixed_levels = _pyramid(fixed, settings.levels)
-    moving_levels = _pyramid(moving, settings.levels)
-    weight_levels = _pyramid(weight, settings.levels)
     stride = settings.grid_stride
+    levels = usable_levels(tuple(fixed.shape[2:]), settings.levels, stride)
+    fixed_levels = _pyramid(fixed, levels)
+    moving_levels = _pyramid(moving, levels)
+    weight_levels = _pyramid(weight, levels)
     displacement = None
-    for level in reversed(range(settings.levels)):
+    for level in reversed(range(levels)):
         shape = tuple(fixed_levels[level].shape[2:])
         if displacement is None:
             grid_shape = [int(np.ceil(n / stride)) for n in shape]
@@ -180,7 +194,7 @@ def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: Registrati
 
         def report(iteration: int, level: int = level) -> None:
             if on_iteration is not None:
-                on_iteration(settings.levels - 1 - level, iteration, settings.iterations)
+                on_iteration(settings.levels - 1 - level, iteration, settings.iterations)  # the finest is last
 
         control = _run_level(fixed_levels[level], moving_levels[level], weight_levels[level], control,
                              settings, predictors, report, backend)

@@ -18,7 +18,7 @@ class RegistrationSettings:
     intensity_normalisation: str = "auto"       # auto | ct | mr
     prealign: str = "affine"                    # affine | com | none
     iterations: int = 10                        # Gauss-Newton steps per level
-    levels: int = 2                             # coarse to fine: each coarser level halves the working grid
+    levels: int = 3                             # coarse to fine: each coarser level halves the working grid
     grid_stride: int = 2                        # control-point spacing in working voxels (finest level)
     lambda_start: float = 0.05
     lambda_end: float = 0.01

@@ -154,3 +154,17 @@ def test_in_place_classic_terms_equal_the_differentiable_ones(shape):
         assert float(expected.abs().max()) > 0.0
         torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
     assert reference[0].requires_grad  # the training path still carries gradients
+
+
+def test_a_thin_slab_gets_the_levels_it_can_hold():
+    """Three levels need every axis halved twice; a slab four voxels thick keeps the levels it can hold
+    (here two) instead of failing in the pooling."""
+    from learngn.gauss_newton import usable_levels
+
+    assert usable_levels((64, 64, 64), 3, 2) == 3
+    assert usable_levels((4, 64, 64), 3, 2) == 2
+    assert usable_levels((3, 64, 64), 3, 2) == 2 and usable_levels((2, 64, 64), 3, 2) == 1
+    fixed = blob((4, 32, 32), centre=(1.5, 15.5, 15.5))
+    moving = blob((4, 32, 32), centre=(1.5, 16.5, 15.5))
+    displacement = gauss_newton(fixed, moving, RegistrationSettings(levels=3, iterations=3))
+    assert displacement.shape == (1, 3, 4, 32, 32) and torch.isfinite(displacement).all()
