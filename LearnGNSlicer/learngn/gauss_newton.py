@@ -96,20 +96,14 @@ def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tens
     return hessian, gradient
 
 
-def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
-                       predictors: Optional[GaussNewtonPredictors], stride: int
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``."""
-    channels = warped.shape[1]
-    if predictors is None and not (torch.is_grad_enabled() and (warped.requires_grad or fixed.requires_grad)):
-        hessian, gradient = _classic_sums(warped, fixed)
-        if weight is not None:
-            hessian, gradient = hessian * weight, gradient * weight
-        return pool_to_grid(hessian / channels, stride)[0], pool_to_grid(gradient / channels, stride)[0]
+def _batched_sums(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
+                  predictors: Optional[GaussNewtonPredictors]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weighted ``sum_c J_c^2`` and ``sum_c f_c J_c`` from the predictors (or the differentiable classic terms),
+    channels in batches of at most CHANNEL_BATCH_VOXELS voxels; the path that carries gradients."""
     hessian = None
     gradient = None
     batch = max(1, CHANNEL_BATCH_VOXELS // max(1, warped[0, 0].numel()))
-    for first in range(0, channels, batch):
+    for first in range(0, warped.shape[1], batch):
         # channels become the batch dimension: (C, 1, D, H, W)
         w_c = warped[0, first:first + batch].unsqueeze(1)
         f_c = fixed[0, first:first + batch].unsqueeze(1)
@@ -120,9 +114,21 @@ def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Option
             h_c, g_c = h_c * weight, g_c * weight
         hessian = h_c if hessian is None else hessian + h_c
         gradient = g_c if gradient is None else gradient + g_c
-    hessian = pool_to_grid(hessian / channels, stride)[0]
-    gradient = pool_to_grid(gradient / channels, stride)[0]
     return hessian, gradient
+
+
+def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
+                       predictors: Optional[GaussNewtonPredictors], stride: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``."""
+    if predictors is None and not (torch.is_grad_enabled() and (warped.requires_grad or fixed.requires_grad)):
+        hessian, gradient = _classic_sums(warped, fixed)
+        if weight is not None:
+            hessian, gradient = hessian * weight, gradient * weight
+    else:
+        hessian, gradient = _batched_sums(warped, fixed, weight, predictors)
+    channels = warped.shape[1]
+    return pool_to_grid(hessian / channels, stride)[0], pool_to_grid(gradient / channels, stride)[0]
 
 
 def usable_levels(shape: Tuple[int, ...], levels: int, stride: int) -> int:
@@ -194,7 +200,7 @@ def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: Registrati
 
         def report(iteration: int, level: int = level) -> None:
             if on_iteration is not None:
-                on_iteration(settings.levels - 1 - level, iteration, settings.iterations)  # the finest is last
+                on_iteration(settings.levels - 1 - level, iteration, settings.iterations)
 
         control = _run_level(fixed_levels[level], moving_levels[level], weight_levels[level], control,
                              settings, predictors, report, backend)
