@@ -32,7 +32,9 @@ def scene():
 def one_process_per_run(monkeypatch):
     """The module's default is the warm worker; these tests follow one worker process per run unless they
     ask for the warm worker (``warm_worker=True``), so that no process outlives its test."""
-    monkeypatch.setenv("LEARNGN_WARM_WORKER", "0")
+    from LearnGNSlicerLib.warm import ENVIRONMENT_VARIABLE
+
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "0")
 
 
 @pytest.fixture(scope="session", autouse=True)
