@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from learngn.gauss_newton import (gauss_newton, gauss_newton_terms, lambda_schedule, pool_to_grid,
-                                  settings_schedule, upsample_from_grid, warp)
+                                  prepared_for_warp, settings_schedule, upsample_from_grid, warp)
 from learngn.predictors import GaussNewtonPredictors
 from learngn.settings import RegistrationSettings
 
@@ -117,6 +119,53 @@ def test_warp_with_integer_shift_is_a_roll_in_the_interior():
     rolled = torch.roll(volume, shifts=(1, -2), dims=(2, 4))
     interior = (slice(None), slice(None), slice(1, None), slice(None), slice(None, -2))
     assert torch.allclose(out[interior], rolled[interior], atol=1e-5)
+
+
+def _warp_by_definition(volume: torch.Tensor, displacement: torch.Tensor, mode: str) -> torch.Tensor:
+    """One ``grid_sample`` call over an identity grid plus the displacement, normalised as documented."""
+    shape = volume.shape[2:]
+    axes = [torch.arange(n, dtype=volume.dtype) for n in shape]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None] + displacement
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape]).view(1, 3, 1, 1, 1)
+    grid = (coords * scale - 1.0).flip(1).permute(0, 2, 3, 4, 1).expand(volume.shape[0], *shape, 3)
+    return F.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=True)
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 7), (10, 6, 5), (1, 6, 5)], ids=["odd-depth", "even-depth", "one-plane"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_warp_in_cpu_slabs_equals_one_sampler_call(shape, mode, threads):
+    """The CPU warp cuts the depth into one slab per thread and may read a channels-last copy; neither may
+    change a single value against one grid_sample call."""
+    generator = torch.Generator().manual_seed(2)
+    volume = torch.rand(1, 4, *shape, generator=generator)
+    displacement = 3.0 * torch.randn(1, 3, *shape, generator=generator)
+    expected = _warp_by_definition(volume, displacement, mode)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for layout in (volume, prepared_for_warp(volume)):
+            assert torch.equal(warp(layout, displacement, mode), expected)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_warp_in_slabs_passes_gradients_like_one_sampler_call():
+    generator = torch.Generator().manual_seed(3)
+    volume = torch.rand(1, 2, 5, 6, 7, generator=generator, requires_grad=True)
+    displacement = torch.randn(1, 3, 5, 6, 7, generator=generator, requires_grad=True)
+    weights = torch.rand(1, 2, 5, 6, 7, generator=generator)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outputs = [sample(volume, displacement)
+                   for sample in (lambda v, d: warp(v, d), lambda v, d: _warp_by_definition(v, d, "bilinear"))]
+        gradients = [torch.autograd.grad((output * weights).sum(), (volume, displacement)) for output in outputs]
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(outputs[0], outputs[1])
+    for ours, reference in zip(*gradients):
+        assert torch.allclose(ours, reference, atol=1e-5)
 
 
 def test_pooling_and_upsampling_agree_on_control_point_positions():
