@@ -129,17 +129,18 @@ def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tens
             n = moving_channel.shape[axis]
             if n < 2:
                 derivative.zero_()
-            else:  # replicate padding: one-sided halves at the two edges
+            else:  # replicate padding: one-sided differences at the two edges
                 torch.sub(moving_channel.narrow(axis, 2, n - 2), moving_channel.narrow(axis, 0, n - 2),
                           out=derivative.narrow(axis, 1, n - 2))
                 torch.sub(moving_channel.narrow(axis, 1, 1), moving_channel.narrow(axis, 0, 1),
                           out=derivative.narrow(axis, 0, 1))
                 torch.sub(moving_channel.narrow(axis, n - 1, 1), moving_channel.narrow(axis, n - 2, 1),
                           out=derivative.narrow(axis, n - 1, 1))
-                derivative.mul_(0.5)
             hessian[0, axis].addcmul_(derivative, derivative)
             gradient[0, axis].addcmul_(residual, derivative)
-    return hessian, gradient
+    # the differences above are twice the derivatives; halving by a power of two is exact, so scaling the
+    # sums once gives the same bits as halving every difference, in 36 fewer passes over the grid
+    return hessian.mul_(0.25), gradient.mul_(0.5)
 
 
 def _batched_sums(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
