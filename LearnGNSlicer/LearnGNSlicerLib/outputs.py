@@ -29,7 +29,7 @@ from .worker import DISPLACEMENT_FILE, SUMMARY_FILE, WARPED_FILE
 @dataclass
 class WorkerOutputs:
     displacement_lps: np.ndarray    # (K, J, I, 3) on field_grid
-    field_grid: Grid                # the engine's working grid (the field is linear in between its voxels)
+    field_grid: Grid                # the engine's control grid (the field is linear in between its nodes)
     warped: np.ndarray              # on the fixed grid
     summary: dict
 

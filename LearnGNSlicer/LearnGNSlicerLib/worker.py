@@ -22,14 +22,14 @@ EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
 #: Files ``learngn register`` writes into its output folder with the hand-over options below: the warped
-#: volume uncompressed, and the whole displacement on the engine's working grid as raw float32 NRRD (exact
+#: volume uncompressed, and the whole displacement at the engine's control points as raw float32 NRRD (exact
 #: under linear interpolation, a few MB where the fixed grid's field in float64 took hundreds).
 WARPED_FILE = "warped.nii"
 TRANSFORM_FILE = "transform.h5"
-DISPLACEMENT_FILE = "displacement_working_grid.nrrd"
+DISPLACEMENT_FILE = "displacement_control_grid.nrrd"
 SUMMARY_FILE = "summary.json"
 #: What the worker is asked to write: files for this machine, read once, so nothing is compressed.
-HANDOVER_OPTIONS = ("--field-format", "working-grid", "--uncompressed")
+HANDOVER_OPTIONS = ("--field-format", "control-grid", "--uncompressed")
 
 
 def find_python_executable() -> str:

@@ -222,10 +222,12 @@ def _run_level(fixed: torch.Tensor, moving: torch.Tensor, weight: Optional[torch
     return control
 
 
-def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: RegistrationSettings, *,
-                 weight: Optional[torch.Tensor] = None, predictors: Optional[GaussNewtonPredictors] = None,
-                 on_iteration: Optional[IterationCallback] = None, backend: str = "torch") -> torch.Tensor:
-    """Displacement ``(1, 3, D, H, W)`` in voxels that warps ``moving`` onto ``fixed`` (both ``(1, C, ...)``).
+def gauss_newton_control(fixed: torch.Tensor, moving: torch.Tensor, settings: RegistrationSettings, *,
+                         weight: Optional[torch.Tensor] = None, predictors: Optional[GaussNewtonPredictors] = None,
+                         on_iteration: Optional[IterationCallback] = None, backend: str = "torch") -> torch.Tensor:
+    """The finest level's control grid ``(1, 3, d, h, w)`` (displacements in working voxels, ``settings.grid_stride``
+    working voxels apart) that warps ``moving`` onto ``fixed`` (both ``(1, C, ...)``); :func:`upsample_from_grid`
+    turns it into the displacement of every working voxel, and it is what the result stores.
 
     Reads the Gauss-Newton fields of ``settings`` (the same type the presets, the model cards and training
     use); ``backend`` is the resolved solver (see :func:`learngn.solver.resolve_backend`).  Differentiable
@@ -236,14 +238,15 @@ def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: Registrati
     fixed_levels = _pyramid(fixed, levels)
     moving_levels = _pyramid(moving, levels)
     weight_levels = _pyramid(weight, levels)
-    displacement = None
+    control = None
     for level in reversed(range(levels)):
         shape = tuple(fixed_levels[level].shape[2:])
-        if displacement is None:
+        if control is None:
             grid_shape = [int(np.ceil(n / stride)) for n in shape]
             control = fixed.new_zeros((1, 3, *grid_shape))
         else:
-            finer = 2.0 * F.interpolate(displacement, size=shape, mode="trilinear", align_corners=False)
+            coarser = upsample_from_grid(control, stride, tuple(fixed_levels[level + 1].shape[2:]))
+            finer = 2.0 * F.interpolate(coarser, size=shape, mode="trilinear", align_corners=False)
             control = pool_to_grid(finer, stride)
 
         def report(iteration: int, level: int = level) -> None:
@@ -252,5 +255,14 @@ def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: Registrati
 
         control = _run_level(fixed_levels[level], moving_levels[level], weight_levels[level], control,
                              settings, predictors, report, backend)
-        displacement = upsample_from_grid(control, stride, shape)
-    return displacement
+    return control
+
+
+def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: RegistrationSettings, *,
+                 weight: Optional[torch.Tensor] = None, predictors: Optional[GaussNewtonPredictors] = None,
+                 on_iteration: Optional[IterationCallback] = None, backend: str = "torch") -> torch.Tensor:
+    """Displacement ``(1, 3, D, H, W)`` in voxels that warps ``moving`` onto ``fixed``: the control grid of
+    :func:`gauss_newton_control` (same arguments) at every working voxel."""
+    control = gauss_newton_control(fixed, moving, settings, weight=weight, predictors=predictors,
+                                   on_iteration=on_iteration, backend=backend)
+    return upsample_from_grid(control, settings.grid_stride, tuple(fixed.shape[2:]))

@@ -6,11 +6,12 @@ size.  Fields leave this module as SimpleITK vector images in LPS millimetres (I
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from .sampling import field_image, transform_field
 
@@ -45,6 +46,34 @@ def voxel_field_to_physical(displacement: torch.Tensor, reference: sitk.Image) -
 def voxel_field_to_image(displacement: torch.Tensor, reference: sitk.Image) -> sitk.Image:
     """A displacement in working voxels ``(1, 3, z, y, x)`` as an LPS millimetre field (float32) on ``reference``."""
     return field_image(voxel_field_to_physical(displacement.detach().float(), reference), reference)
+
+
+def control_grid(working: sitk.Image, control_shape: Tuple[int, int, int], stride: int) -> sitk.Image:
+    """An empty image whose voxel centres are the control points of ``working`` (``control_shape`` in (z, y, x)
+    order, ``stride`` working voxels apart), with one more node on every side.
+
+    Gauss-Newton interpolates its control grid like ``F.interpolate(align_corners=False)``: node ``k`` sits at
+    working voxel ``stride * k + (stride - 1) / 2``, and beyond the first and last node the value stays
+    constant.  Linear interpolation on this image (ITK, VTK, ``grid_sample``) gives the same field when the
+    extra nodes repeat their neighbours (:func:`control_field_image`), out to ``stride`` voxels past the
+    working grid.
+    """
+    spacing = np.array(working.GetSpacing()) * stride
+    first = (stride - 1) / 2.0 - stride  # working-voxel index of the extra node before node 0
+    grid = sitk.Image([int(n) + 2 for n in reversed(control_shape)], sitk.sitkUInt8)
+    grid.SetOrigin(working.TransformContinuousIndexToPhysicalPoint([first] * 3))
+    grid.SetDirection(working.GetDirection())
+    grid.SetSpacing([float(s) for s in spacing])
+    return grid
+
+
+def control_field_image(control: torch.Tensor, stride: int, working: sitk.Image) -> sitk.Image:
+    """Gauss-Newton's control grid (working voxels ``(1, 3, d, h, w)``) as an LPS millimetre field (float32) on
+    :func:`control_grid`: the edge nodes repeated once on every side so that linear interpolation keeps the
+    engine's constant extension."""
+    padded = F.pad(control.detach().float(), (1, 1, 1, 1, 1, 1), mode="replicate")
+    shape = tuple(int(n) for n in control.shape[2:])
+    return field_image(voxel_field_to_physical(padded, working), control_grid(working, shape, stride))
 
 
 def image_field_to_voxels(field: sitk.Image, device: torch.device) -> torch.Tensor:

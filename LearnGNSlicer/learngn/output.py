@@ -1,11 +1,12 @@
 """The output stage of a registration: the result as the engine computed it, the moving image warped once
 through it, and the quality figures.
 
-The result is kept compact (:class:`CompactTransform`): the pre-alignment and the deformable displacement
-on the isotropic working grid (float32, LPS mm), which is what Gauss-Newton computed.  The field on the
-full fixed grid is the linear interpolation of that displacement followed by the pre-alignment, so the
-composite of the two transforms (ITK applies the field, then the affine) maps every point exactly as the
-full-grid field did, at a fraction of its size; the full-grid field is only computed when asked for.
+The result is kept compact (:class:`CompactTransform`): the pre-alignment and Gauss-Newton's control grid
+(float32, LPS mm), which is what the engine computed: its displacement anywhere is the linear
+interpolation of the control points, followed by the pre-alignment.  The composite of the two transforms
+(ITK applies the field, then the affine) maps every point as the engine's field does, at an eighth of the
+size of the same field on the working grid and a fraction of the full-grid field's; the full-grid field
+is only computed when asked for.
 
 Warping touches every voxel of the full-resolution scan: on a CPU SimpleITK resamples through the compact
 transform (multithreaded, no full-grid field in memory; 3-4x faster than two ``grid_sample`` passes on a
@@ -21,7 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .geometry import compose_to_field, displacement_transform, voxel_field_to_image, voxel_field_to_physical
+from .gauss_newton import upsample_from_grid
+from .geometry import compose_to_field, control_field_image, displacement_transform, voxel_field_to_physical
 from .quality import determinant_statistics, field_jacobian_determinant, mean_dice, normalised_cross_correlation
 from .sampling import (field_image, field_tensor, image_tensor, label_array, linear_matrix, resample,
                        resample_on_device, resamples_with_torch, sample_at, scalar_image, subgrid, transform_field,
@@ -37,16 +39,19 @@ StageProgress = Callable[[float, str], None]
 class CompactTransform:
     """The registration's transform as computed: ``x -> prealignment(x + u(x))``.
 
-    ``working_field`` is ``u`` on the working grid (float32 vector image, LPS mm).  :meth:`transform` is
-    the ITK composite of both (what ``transform.h5`` holds); :meth:`composed_on_working_grid` is the whole
-    displacement sampled on the working grid (exact under linear interpolation when the pre-alignment is
-    linear); :meth:`dense` the field on any grid (the fixed one by default), made once when first asked for.
+    ``control_field`` is ``u`` on Gauss-Newton's control grid (float32 vector image, LPS mm, one repeated node
+    on every side; see :func:`learngn.geometry.control_grid`); ``working_grid`` is the grid the engine
+    worked on.  :meth:`transform` is the ITK composite of both (what ``transform.h5`` holds);
+    :meth:`composed_on_control_grid` is the whole displacement at the control points (exact under linear
+    interpolation when the pre-alignment is linear); :meth:`dense` the field on any grid (the fixed one by
+    default), made once when first asked for.
     """
 
-    def __init__(self, prealignment: Optional[sitk.Transform], working_field: sitk.Image, fixed: sitk.Image,
-                 composed: Optional[sitk.Image] = None):
-        self.prealignment, self.working_field, self.fixed = prealignment, working_field, fixed
-        self._composed = composed
+    def __init__(self, prealignment: Optional[sitk.Transform], control_field: sitk.Image, working_grid: sitk.Image,
+                 fixed: sitk.Image):
+        self.prealignment, self.control_field, self.working_grid, self.fixed = (prealignment, control_field,
+                                                                                working_grid, fixed)
+        self._composed: Optional[sitk.Image] = None
         self._dense: Optional[sitk.Image] = None
 
     def transform(self) -> sitk.CompositeTransform:
@@ -54,14 +59,14 @@ class CompactTransform:
         composite = sitk.CompositeTransform(3)
         if self.prealignment is not None:
             composite.AddTransform(self.prealignment)
-        composite.AddTransform(displacement_transform(self.working_field))
+        composite.AddTransform(displacement_transform(self.control_field))
         composite.FlattenTransform()
         return composite
 
-    def composed_on_working_grid(self) -> sitk.Image:
-        """The whole displacement ``prealignment(x + u(x)) - x`` at the working-grid voxels (float32)."""
+    def composed_on_control_grid(self) -> sitk.Image:
+        """The whole displacement ``prealignment(x + u(x)) - x`` at the control points (float32)."""
         if self._composed is None:
-            self._composed = transform_field(self.transform(), self.working_field)
+            self._composed = transform_field(self.transform(), self.control_field)
         return self._composed
 
     def dense(self, reference: Optional[sitk.Image] = None) -> sitk.Image:
@@ -93,23 +98,21 @@ class DenseField:
         return self._transform
 
 
-def compose_on_device(prealignment: Optional[sitk.Transform], working_displacement: torch.Tensor,
-                      grid: sitk.Image, fixed: sitk.Image, with_torch: Optional[bool] = None) -> DenseField:
+def compose_on_device(prealignment: Optional[sitk.Transform], field: sitk.Image, fixed: sitk.Image,
+                      device: torch.device, with_torch: Optional[bool] = None) -> DenseField:
     """The field ``x -> prealignment(x + u(x)) - x`` on every voxel of ``fixed``, ``(z, y, x, 3)`` LPS mm.
 
-    ``u`` is the deformable stage's displacement in working-grid voxels ``(1, 3, z, y, x)``.  A linear
-    pre-alignment is applied as a matrix on the device; any other (a dense initial transform) is composed
-    by SimpleITK (and so is everything on a CPU).
+    ``u`` is ``field`` (an LPS mm vector image, linearly interpolated, as ITK does).  A linear pre-alignment
+    is applied as a matrix on ``device``; any other (a dense initial transform) is composed by SimpleITK
+    (and so is everything on a CPU).
     """
     matrix = linear_matrix(prealignment)
-    if matrix is None or not resamples_with_torch(working_displacement.device, with_torch):
-        composed = compose_to_field([prealignment, displacement_transform(
-            voxel_field_to_image(working_displacement, grid))], fixed)
-        return DenseField(field_tensor(composed, working_displacement.device), fixed, image=composed)
-    device = working_displacement.device
+    if matrix is None or not resamples_with_torch(device, with_torch):
+        composed = compose_to_field([prealignment, displacement_transform(field)], fixed)
+        return DenseField(field_tensor(composed, device), fixed, image=composed)
     points = voxel_points(fixed, device)
-    working_mm = voxel_field_to_physical(working_displacement.float(), grid).permute(3, 0, 1, 2)[None]
-    moved = points + sample_at(working_mm, grid, points)[0].permute(1, 2, 3, 0)
+    field_volume = field_tensor(field, device).permute(3, 0, 1, 2)[None]
+    moved = points + sample_at(field_volume, field, points)[0].permute(1, 2, 3, 0)
     linear = torch.as_tensor(matrix, dtype=torch.float32, device=device)
     moved = moved @ linear[:3, :3].T + linear[:3, 3]
     return DenseField(moved.sub_(points), fixed)
@@ -126,34 +129,32 @@ def warp_moving(moving: sitk.Image, field: DenseField, *, nearest: bool = False,
     return sample_at(image_tensor(moving, device), moving, points, nearest=nearest, default_value=default_value)
 
 
-def compact_transform(prealignment: Optional[sitk.Transform], working_displacement: torch.Tensor,
+def compact_transform(prealignment: Optional[sitk.Transform], control: torch.Tensor, stride: int,
                       grid: sitk.Image, fixed: sitk.Image) -> Tuple[CompactTransform, torch.Tensor]:
-    """The compact result of a working-grid displacement (voxels ``(1, 3, z, y, x)``), and the whole
-    displacement at the working-grid voxels as a tensor ``(z, y, x, 3)`` on the displacement's device."""
-    working_mm = voxel_field_to_physical(working_displacement.detach().float(), grid)
-    compact = CompactTransform(prealignment, field_image(working_mm, grid), fixed)
+    """The compact result of Gauss-Newton's control grid (working voxels ``(1, 3, d, h, w)``, ``stride``
+    working voxels apart), and the whole displacement at the working-grid voxels as a tensor
+    ``(z, y, x, 3)`` on the control grid's device (for the Jacobian)."""
+    compact = CompactTransform(prealignment, control_field_image(control, stride, grid), grid, fixed)
+    shape = tuple(sitk.GetArrayViewFromImage(grid).shape)
+    working_mm = voxel_field_to_physical(upsample_from_grid(control.detach().float(), stride, shape), grid)
     matrix = linear_matrix(prealignment)
     if matrix is None:
-        composed = field_tensor(compact.composed_on_working_grid(), working_mm.device)
-    else:
-        points = voxel_points(grid, working_mm.device)
-        linear = torch.as_tensor(matrix, dtype=torch.float32, device=working_mm.device)
-        composed = ((points + working_mm) @ linear[:3, :3].T + linear[:3, 3]).sub_(points)
-        compact._composed = field_image(composed, grid)
-    return compact, composed
+        return compact, field_tensor(transform_field(compact.transform(), grid), working_mm.device)
+    points = voxel_points(grid, working_mm.device)
+    linear = torch.as_tensor(matrix, dtype=torch.float32, device=working_mm.device)
+    return compact, ((points + working_mm) @ linear[:3, :3].T + linear[:3, 3]).sub_(points)
 
 
 class Warper:
     """Resamples images of the moving grid onto the fixed grid through the result, once each: SimpleITK
     through the compact transform, or torch through the full-grid field on the device."""
 
-    def __init__(self, compact: CompactTransform, working_displacement: torch.Tensor, grid: sitk.Image,
-                 with_torch: Optional[bool] = None):
-        self.compact, self.device = compact, working_displacement.device
+    def __init__(self, compact: CompactTransform, device: torch.device, with_torch: Optional[bool] = None):
+        self.compact, self.device = compact, device
         self._dense: Optional[DenseField] = None
         self._transform: Optional[sitk.Transform] = None
-        if resamples_with_torch(self.device, with_torch):
-            self._dense = compose_on_device(compact.prealignment, working_displacement, grid, compact.fixed,
+        if resamples_with_torch(device, with_torch):
+            self._dense = compose_on_device(compact.prealignment, compact.control_field, compact.fixed, device,
                                             with_torch=True)
         else:
             self._transform = compact.transform()
@@ -215,16 +216,17 @@ def quality_figures(fixed: sitk.Image, moving: sitk.Image, warper: Warper, warpe
 
 
 def output_stage(fixed: sitk.Image, moving: sitk.Image, prealignment: Optional[sitk.Transform],
-                 working_displacement: torch.Tensor, grid: sitk.Image, fixed_mask: Optional[sitk.Image],
+                 control: torch.Tensor, stride: int, grid: sitk.Image, fixed_mask: Optional[sitk.Image],
                  fixed_segmentation: Optional[sitk.Image], moving_segmentation: Optional[sitk.Image],
                  labels: List[int], progress: Optional[StageProgress] = None, with_torch: Optional[bool] = None
                  ) -> Tuple[CompactTransform, sitk.Image, Dict[str, float]]:
-    """The compact result, the moving image warped once through it (outside the moving image: its lowest
-    value) and the quality figures, on the displacement's device."""
+    """The compact result of Gauss-Newton's control grid (see :func:`compact_transform`), the moving image
+    warped once through it (outside the moving image: its lowest value) and the quality figures, on the
+    control grid's device."""
     report = progress or (lambda fraction, message: None)
-    compact, composed = compact_transform(prealignment, working_displacement, grid, fixed)
+    compact, composed = compact_transform(prealignment, control, stride, grid, fixed)
     report(0.1, "warping the moving image")
-    warper = Warper(compact, working_displacement, grid, with_torch)
+    warper = Warper(compact, control.device, with_torch)
     low = float(sitk.GetArrayViewFromImage(moving).min())
     warped = warper.warp(moving, default_value=low)
     report(0.5, "quality figures")  # the command line reports its writing from 0.6 of this stage on

@@ -18,7 +18,7 @@ from . import __version__
 from .device import default_working_voxels, describe, is_out_of_memory, resolve_device
 from .errors import InputError
 from .features import intensity_window, mind_ssc, signed_distance_maps, union_labels
-from .gauss_newton import gauss_newton, warp
+from .gauss_newton import gauss_newton_control, upsample_from_grid, warp
 from .geometry import working_grid, working_spacing
 from .models import load_model
 from .predictors import GaussNewtonPredictors, refined
@@ -39,7 +39,7 @@ MIN_OVERLAP = 0.05
 class RegistrationResult:
     """What a registration returns; see docs/ENGINE_API.md for the conventions."""
 
-    compact: CompactTransform       # the pre-alignment and the working-grid field, as computed
+    compact: CompactTransform       # the pre-alignment and Gauss-Newton's control grid, as computed
     warped: sitk.Image
     prealignment: Optional[sitk.Transform]
     metrics: Dict[str, float]
@@ -55,7 +55,7 @@ class RegistrationResult:
         return self.compact.dense()
 
     def transform(self) -> sitk.CompositeTransform:
-        """The result as a transform mapping fixed points to moving points: the working-grid field, then
+        """The result as a transform mapping fixed points to moving points: the control-grid field, then
         the pre-alignment (an ITK composite transform, what transform.h5 holds)."""
         return self.compact.transform()
 
@@ -158,9 +158,9 @@ def _weight(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transfor
 
 def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Transform],
                 settings: RegistrationSettings, device: torch.device,
-                tracker: ProgressTracker) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Features and Gauss-Newton on ``device``; returns the working-grid displacement (voxels) and the
-    feature residuals."""
+                tracker: ProgressTracker) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    """Features and Gauss-Newton on ``device``; returns the control grid and the working-grid displacement
+    (both in working voxels) and the feature residuals."""
     tracker.start("features", f"computing {', '.join(settings.features)} features on {device}")
     predictors = load_model(settings.model).to(device) if settings.model else None
     if predictors is not None and predictors.features is not None and predictors.features.kind not in settings.features:
@@ -184,13 +184,14 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
 
     with torch.no_grad():
         term_predictors = None if predictors is None or predictors.computes_classic_terms() else predictors
-        displacement = gauss_newton(fixed_features, moving_features, settings, weight=weight,
-                                    predictors=term_predictors, on_iteration=on_iteration, backend=backend)
+        control = gauss_newton_control(fixed_features, moving_features, settings, weight=weight,
+                                       predictors=term_predictors, on_iteration=on_iteration, backend=backend)
+        displacement = upsample_from_grid(control, settings.grid_stride, tuple(fixed_features.shape[2:]))
         residual = {
             "feature_residual_prealigned": _mean_squared(fixed_features - moving_features, weight),
             "feature_residual_after": _mean_squared(fixed_features - warp(moving_features, displacement), weight),
         }
-    return displacement, residual
+    return control, displacement, residual
 
 
 def _mean_squared(difference: torch.Tensor, weight: Optional[torch.Tensor]) -> float:
@@ -251,21 +252,21 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, preset: str = "generic", 
         pairing = check_pairing(inputs.fixed_normalised, inputs.moving_normalised, transform, inputs.fixed_mask,
                                 inputs.moving_mask)  # before the long work: raises on a nonsense pairing
 
-        def deformable(on: torch.device) -> Tuple[sitk.Image, Tuple[torch.Tensor, Dict[str, float]]]:
+        def deformable(on: torch.device) -> Tuple[sitk.Image, Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]]:
             # planned for the device it runs on: a CPU fallback gets the CPU's voxel budget, not the GPU's
             budget = settings.max_working_voxels or default_working_voxels(on)
             planned = working_grid(fixed, working_spacing(fixed, budget, settings.working_spacing))
             _check_overlap(inputs, planned, transform)
             return planned, _deformable(inputs, planned, transform, settings, on, tracker)
 
-        (grid, (displacement, residuals)), torch_device = _falling_back_to_cpu(deformable, torch_device,
-                                                                               "registration")
+        (grid, (control, displacement, residuals)), torch_device = _falling_back_to_cpu(deformable, torch_device,
+                                                                                        "registration")
 
         def outputs_on(on: torch.device) -> Tuple[CompactTransform, sitk.Image, Dict[str, float]]:
             tracker.start("output", f"composing the displacement field and warping on {on}")
-            return output_stage(fixed, moving, transform, displacement.to(on), grid, inputs.fixed_mask,
-                                inputs.fixed_segmentation, inputs.moving_segmentation, inputs.labels,
-                                progress=tracker.update)
+            return output_stage(fixed, moving, transform, control.to(on), settings.grid_stride, grid,
+                                inputs.fixed_mask, inputs.fixed_segmentation, inputs.moving_segmentation,
+                                inputs.labels, progress=tracker.update)
 
         (compact, warped, metrics), _ = _falling_back_to_cpu(outputs_on, torch_device, "output stage")
         metrics.update(residuals)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from cli_helpers import QUICK, learngn
@@ -21,16 +22,17 @@ def field_of(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
 
 
 def test_default_is_one_compact_transform_that_maps_like_the_full_grid_field(images, registered):
-    """transform.h5: the affine and the field on the working grid (a composite), far smaller than the
+    """transform.h5: the affine and the field on the control grid (a composite), far smaller than the
     full-grid field of displacement.nii.gz (asked for here) and mapping every fixed voxel like it."""
     outdir, _ = registered
     fixed = sitk.ReadImage(str(images["fixed"]))
     transform = sitk.ReadTransform(str(outdir / "transform.h5"))
     parts = [transform.GetNthTransform(i) for i in range(transform.GetNumberOfTransforms())]
     assert [part.GetName() for part in parts] == ["AffineTransform", "DisplacementFieldTransform"]
-    working = sitk.DisplacementFieldTransform(parts[1]).GetDisplacementField()
+    control = sitk.DisplacementFieldTransform(parts[1]).GetDisplacementField()
     summary = json.loads((outdir / "summary.json").read_text())
-    assert working.GetSpacing()[0] == summary["metrics"]["working_spacing_mm"]
+    stride = summary["settings"]["grid_stride"]
+    assert control.GetSpacing()[0] == pytest.approx(stride * summary["metrics"]["working_spacing_mm"])
     full = sitk.ReadImage(str(outdir / "displacement.nii.gz"))
     assert full.GetPixelID() == sitk.sitkVectorFloat32
     difference = np.linalg.norm(field_of(transform, fixed) - sitk.GetArrayFromImage(full), axis=-1)
@@ -51,21 +53,22 @@ def test_one_transform_file_by_default_and_timings_that_say_what_they_cover(imag
     assert "since the command started" in run.stdout and "register()" in run.stdout
 
 
-def test_slicer_handover_is_uncompressed_float32_on_the_working_grid(images, tmp_path):
-    """--field-format working-grid --uncompressed: what the Slicer module's worker asks for."""
+def test_slicer_handover_is_uncompressed_float32_on_the_control_grid(images, tmp_path):
+    """--field-format control-grid --uncompressed: what the Slicer module's worker asks for."""
     outdir = tmp_path / "out"
-    run = learngn("register", images["fixed"], images["moving"], "-o", outdir, "--field-format", "working-grid",
+    run = learngn("register", images["fixed"], images["moving"], "-o", outdir, "--field-format", "control-grid",
                   "--uncompressed", *QUICK)
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in outdir.iterdir()) == ["displacement_working_grid.nrrd", "summary.json",
+    assert sorted(p.name for p in outdir.iterdir()) == ["displacement_control_grid.nrrd", "summary.json",
                                                          "transform.h5", "warped.nii"]
-    path = outdir / "displacement_working_grid.nrrd"
+    path = outdir / "displacement_control_grid.nrrd"
     header = path.read_bytes()[:1000].decode("latin-1")
     assert "encoding: raw" in header and "type: float" in header, header
     field = sitk.ReadImage(str(path))
     assert field.GetMetaData("displacement field type") == "resampling"
     summary = json.loads((outdir / "summary.json").read_text())
-    assert field.GetSpacing()[0] == summary["metrics"]["working_spacing_mm"]
+    stride = summary["settings"]["grid_stride"]
+    assert field.GetSpacing()[0] == pytest.approx(stride * summary["metrics"]["working_spacing_mm"])
     fixed = sitk.ReadImage(str(images["fixed"]))
     interpolated = field_of(sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64)), fixed)
     written = field_of(sitk.ReadTransform(str(outdir / "transform.h5")), fixed)

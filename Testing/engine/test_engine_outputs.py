@@ -1,5 +1,5 @@
-"""The compact result (pre-alignment + float32 field on the working grid) against the full-grid field it
-replaces, the output stage on both resampling paths, sampled input checks, the pre-alignment's progress and
+"""The compact result (pre-alignment + float32 field on Gauss-Newton's control grid) against the engine's
+displacement and the full-grid field it replaces, the output stage on both resampling paths, sampled input checks, the pre-alignment's progress and
 the out-of-memory fallback that re-plans the working grid for the CPU."""
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import torch
 import learngn
 from engine_helpers import oblique_direction, rotation, with_geometry
 from learngn.device import DEFAULT_WORKING_VOXELS
-from learngn.geometry import image_field_to_voxels, working_grid, working_spacing
+from learngn.gauss_newton import upsample_from_grid
+from learngn.geometry import (compose_to_field, displacement_transform, image_field_to_voxels, voxel_field_to_image,
+                              working_grid, working_spacing)
 from learngn.output import CompactTransform, compact_transform, compose_on_device, output_stage
 from learngn.sampling import subgrid, voxel_sample
 from learngn.validation import check_image
@@ -22,8 +24,11 @@ from test_engine_sampling import a_dense_transform, an_affine, smooth_volume
 
 CPU = torch.device("cpu")
 register_module = importlib.import_module("learngn.register")  # the module (the package exports the function)
-#: The compact transform must map every fixed voxel like the full-grid field within this distance (mm).
+#: The compact transform must map 99 % of the fixed voxels like the previous full-grid field within this
+#: distance (mm), and all of them within MEAN_MM on average: the two interpolate the same control points
+#: differently between working voxels (docs/ENGINE_API.md), most near kinks of the field and the image edge.
 EXACT_MM = 0.05
+MEAN_MM = 0.01
 
 
 def ct_like_fixed() -> sitk.Image:
@@ -33,11 +38,40 @@ def ct_like_fixed() -> sitk.Image:
                          direction=rotation("z", 10.0) @ oblique_direction())
 
 
-def working_displacement(grid: sitk.Image, seed: int, scale_voxels: float = 1.5) -> torch.Tensor:
-    """A smooth displacement of a few millimetres on ``grid``, in working voxels ``(1, 3, z, y, x)``."""
-    shape = sitk.GetArrayViewFromImage(grid).shape
-    field = np.stack([smooth_volume(shape, seed + axis) for axis in range(3)])
+#: Control points are this many working voxels apart in these tests (the engine's default).
+STRIDE = 2
+
+
+def control_points(grid: sitk.Image, seed: int, scale_voxels: float = 1.5, sigma_nodes: float = 3.0) -> torch.Tensor:
+    """A smooth displacement of a few millimetres at the control points of ``grid`` (every STRIDE working
+    voxels), in working voxels ``(1, 3, d, h, w)``: what Gauss-Newton returns.  Smooth over ``sigma_nodes``
+    control points, like the regularised fields the engine returns (docs/BENCHMARKS.md)."""
+    shape = [-(-n // STRIDE) for n in sitk.GetArrayViewFromImage(grid).shape]
+    rng = np.random.default_rng(seed)
+    axes = [sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(
+        sitk.GetImageFromArray(rng.normal(0.0, 1.0, shape)), sigma_nodes)) for _ in range(3)]
+    field = np.stack(axes)
     return torch.from_numpy(field / np.abs(field).max() * scale_voxels)[None].float()
+
+
+def working_displacement(control: torch.Tensor, grid: sitk.Image) -> torch.Tensor:
+    """The engine's displacement at every working voxel (working voxels ``(1, 3, z, y, x)``)."""
+    return upsample_from_grid(control, STRIDE, sitk.GetArrayViewFromImage(grid).shape)
+
+
+def previous_full_grid_field(prealignment, control: torch.Tensor, grid: sitk.Image, fixed: sitk.Image) -> np.ndarray:
+    """The full-grid field as the engine wrote it before the control grid was stored: the working-voxel
+    displacement interpolated linearly, then the pre-alignment, at every fixed voxel."""
+    working = displacement_transform(voxel_field_to_image(working_displacement(control, grid), grid))
+    return sitk.GetArrayFromImage(compose_to_field([prealignment, working], fixed))
+
+
+def assert_maps_like_previous(field: np.ndarray, previous: np.ndarray, what: str) -> None:
+    difference = np.linalg.norm(field - previous, axis=-1)
+    print(f"{what} vs the previous full-grid field: mean {difference.mean():.2e}, "
+          f"99th percentile {np.percentile(difference, 99):.2e}, max {difference.max():.2e} mm; "
+          f"|d| up to {np.linalg.norm(previous, axis=-1).max():.1f} mm")
+    assert np.percentile(difference, 99) < EXACT_MM and difference.mean() < MEAN_MM
 
 
 def written_and_read(transform: sitk.Transform, tmp_path) -> sitk.Transform:
@@ -53,55 +87,57 @@ def field_of(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("prealignment", ["affine", "affine+dense initial", "none"])
-def test_compact_transform_file_maps_points_like_the_full_grid_field(prealignment, tmp_path):
-    """The written composite (field on the 3.5 mm working grid, then the affine) against the full-grid field
-    composed as before (torch, every fixed voxel): the same points to float rounding."""
+def test_compact_transform_file_maps_points_like_the_engine_and_the_full_grid_field(prealignment, tmp_path):
+    """The written composite (control-grid field, then the pre-alignment) gives the engine's displacement at
+    every working voxel to float rounding, and maps every fixed voxel like the full-grid field written before
+    (which interpolated between working voxels rather than between control points)."""
     fixed = ct_like_fixed()
-    grid = working_grid(fixed, 3.5)
-    displacement = working_displacement(grid, 5)
+    grid = working_grid(fixed, 2.0)
+    control = control_points(grid, 5)
     transform = {"affine": an_affine(), "none": None,
                  "affine+dense initial": sitk.CompositeTransform([an_affine(), a_dense_transform(fixed)])}[prealignment]
-    full = compose_on_device(transform, displacement, grid, fixed, with_torch=True).tensor.numpy()
-    compact, _ = compact_transform(transform, displacement, grid, fixed)
+    compact, _ = compact_transform(transform, control, STRIDE, grid, fixed)
     read = written_and_read(compact.transform(), tmp_path)
     assert read.GetName() == "CompositeTransform"
-    difference = np.linalg.norm(field_of(read, fixed) - full, axis=-1)
-    print(f"{prealignment}: compact vs full-grid field: max {difference.max():.2e} mm, "
-          f"|d| up to {np.linalg.norm(full, axis=-1).max():.1f} mm")
-    assert np.linalg.norm(full, axis=-1).max() > 3.0
-    assert difference.max() < EXACT_MM
+    engine = compose_on_device(transform, voxel_field_to_image(working_displacement(control, grid), grid), grid,
+                               CPU).tensor.numpy()
+    assert np.abs(field_of(read, grid) - engine).max() < 1e-3
+    previous = previous_full_grid_field(transform, control, grid, fixed)
+    assert np.linalg.norm(previous, axis=-1).max() > 3.0
+    assert_maps_like_previous(field_of(read, fixed), previous, prealignment)
 
 
-def test_composed_working_grid_field_is_exact_under_linear_interpolation():
-    """What the Slicer module receives: the whole displacement on the working grid alone (affine included),
-    which linear interpolation turns back into the full-grid field."""
+def test_composed_control_grid_field_is_exact_under_linear_interpolation():
+    """What the Slicer module receives: the whole displacement at the control points alone (affine included),
+    which linear interpolation turns back into the transform's field at every fixed voxel."""
     fixed = ct_like_fixed()
-    grid = working_grid(fixed, 3.5)
-    displacement = working_displacement(grid, 8)
-    full = compose_on_device(an_affine(), displacement, grid, fixed, with_torch=True).tensor.numpy()
-    compact, composed = compact_transform(an_affine(), displacement, grid, fixed)
-    image = compact.composed_on_working_grid()
-    assert image.GetPixelID() == sitk.sitkVectorFloat32 and image.GetSize() == grid.GetSize()
-    assert np.allclose(sitk.GetArrayViewFromImage(image), composed.numpy())
+    grid = working_grid(fixed, 2.0)
+    compact, composed = compact_transform(an_affine(), control_points(grid, 8), STRIDE, grid, fixed)
+    image = compact.composed_on_control_grid()
+    assert image.GetPixelID() == sitk.sitkVectorFloat32 and image.GetSize() == compact.control_field.GetSize()
+    assert image.GetSpacing()[0] == pytest.approx(STRIDE * grid.GetSpacing()[0])
     interpolated = field_of(sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64)), fixed)
-    assert np.abs(interpolated - full).max() < EXACT_MM
+    assert np.abs(interpolated - field_of(compact.transform(), fixed)).max() < 1e-3
+    working = field_of(sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64)), grid)
+    assert np.abs(working - composed.numpy()).max() < 1e-3
 
 
-def test_compact_result_is_float32_on_the_working_grid(phantom_registration, phantom_pair, tmp_path):
+def test_compact_result_is_float32_on_the_control_grid(phantom_registration, phantom_pair, tmp_path):
     result, fixed = phantom_registration.result, phantom_pair[0]
     compact = result.compact
     assert isinstance(compact, CompactTransform)
-    assert compact.working_field.GetPixelID() == sitk.sitkVectorFloat32
-    assert compact.working_field.GetSpacing()[0] == pytest.approx(result.metrics["working_spacing_mm"])
+    stride = result.settings.grid_stride
+    assert compact.control_field.GetPixelID() == sitk.sitkVectorFloat32
+    assert compact.working_grid.GetSpacing()[0] == pytest.approx(result.metrics["working_spacing_mm"])
+    assert compact.control_field.GetSpacing()[0] == pytest.approx(stride * result.metrics["working_spacing_mm"])
     read = written_and_read(result.transform(), tmp_path)
     parts = [read.GetNthTransform(i).GetName() for i in range(read.GetNumberOfTransforms())]
     assert parts == ["AffineTransform", "DisplacementFieldTransform"], parts
-    # the whole registration, as the old full-grid field would have held it
-    grid = compact.working_field
-    voxels = image_field_to_voxels(grid, CPU)
-    full = compose_on_device(result.prealignment, voxels, grid, fixed, with_torch=True).tensor.numpy()
-    assert np.abs(field_of(read, fixed) - full).max() < EXACT_MM
-    assert np.abs(sitk.GetArrayViewFromImage(result.displacement) - full).max() < EXACT_MM
+    # the whole registration, as the previous full-grid field would have held it
+    control = stride * image_field_to_voxels(compact.control_field, CPU)[:, :, 1:-1, 1:-1, 1:-1]
+    previous = previous_full_grid_field(result.prealignment, control, compact.working_grid, fixed)
+    assert_maps_like_previous(field_of(read, fixed), previous, "phantom registration")
+    assert np.abs(sitk.GetArrayViewFromImage(result.displacement) - field_of(read, fixed)).max() < 1e-3
 
 
 def test_both_resampling_paths_of_the_output_stage_agree():
@@ -110,8 +146,8 @@ def test_both_resampling_paths_of_the_output_stage_agree():
     moving = with_geometry(smooth_volume((44, 90, 90), 4), origin=(-42.0, -28.0, 8.0), spacing=(0.9, 0.85, 2.4),
                            direction=oblique_direction())
     grid = working_grid(fixed, 3.5)
-    displacement = working_displacement(grid, 2)
-    runs = [output_stage(fixed, moving, an_affine(), displacement, grid, None, None, None, [], with_torch=flag)
+    control = control_points(grid, 2)
+    runs = [output_stage(fixed, moving, an_affine(), control, STRIDE, grid, None, None, None, [], with_torch=flag)
             for flag in (False, True)]
     (_, warped_sitk, metrics_sitk), (_, warped_torch, metrics_torch) = runs
     low = float(sitk.GetArrayViewFromImage(moving).min())
@@ -222,7 +258,7 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu_with_the_cpu_budget(tiny_pair, 
     assert np.prod(cpu_grid) * 5 < np.prod(gpu_grid)
     assert [grid for _, grid in calls["deformable"]] == ([gpu_grid, cpu_grid] if failing == "deformable"
                                                          else [cpu_grid])
-    assert result.compact.working_field.GetSize() == cpu_grid
+    assert result.compact.working_grid.GetSize() == cpu_grid
     assert result.device.startswith("cpu")
     stage = {"prealign": "pre-alignment", "deformable": "registration"}[failing]
     assert any(f"in the {stage}" in str(w.message) and "out of memory" in str(w.message) for w in caught)

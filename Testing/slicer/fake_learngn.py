@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     if mode != "no-output":
         os.makedirs(args.outdir, exist_ok=True)
         sitk.WriteImage(warped, os.path.join(args.outdir, "warped.nii" if args.uncompressed else "warped.nii.gz"))
-        if args.field_format == "working-grid":
-            sitk.WriteImage(displacement, os.path.join(args.outdir, "displacement_working_grid.nrrd"))
+        if args.field_format == "control-grid":
+            sitk.WriteImage(displacement, os.path.join(args.outdir, "displacement_control_grid.nrrd"))
         sitk.WriteTransform(transform, os.path.join(args.outdir, "transform.h5"))
         with open(os.path.join(args.outdir, "summary.json"), "w") as file:
             json.dump(summary, file)

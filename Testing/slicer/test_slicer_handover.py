@@ -20,10 +20,10 @@ EXACT_MM = 0.05
 LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
 
 
-def test_worker_is_asked_for_uncompressed_working_grid_files():
+def test_worker_is_asked_for_uncompressed_control_grid_files():
     arguments = register_arguments("f.nrrd", "m.nrrd", "out")
     at = arguments.index("--field-format")
-    assert arguments[at + 1] == "working-grid" and "--uncompressed" in arguments
+    assert arguments[at + 1] == "control-grid" and "--uncompressed" in arguments
     assert WARPED_FILE == "warped.nii" and DISPLACEMENT_FILE.endswith(".nrrd")
 
 
@@ -41,7 +41,8 @@ def test_transform_node_maps_points_like_the_engines_transform_file(scene):
         header = open(os.path.join(output, DISPLACEMENT_FILE), "rb").read(1000).decode("latin-1")
         assert "encoding: raw" in header and "type: float" in header, header
         field = sitk.ReadImage(os.path.join(output, DISPLACEMENT_FILE))
-        assert field.GetSpacing()[0] == pytest.approx(result.summary["metrics"]["working_spacing_mm"])
+        stride = result.summary["settings"]["grid_stride"]
+        assert field.GetSpacing()[0] == pytest.approx(stride * result.summary["metrics"]["working_spacing_mm"])
         engine = sitk.ReadTransform(os.path.join(output, "transform.h5"))
     finally:
         import shutil

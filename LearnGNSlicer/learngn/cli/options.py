@@ -24,11 +24,11 @@ from .progress import MODES
 
 DEFAULT_PRESET = "generic"
 #: Displacement field files on request (transform.h5 always holds the result): the field on the full fixed
-#: grid, or ``working-grid``: the whole displacement on the working grid, uncompressed float32 NRRD, exact
-#: under linear interpolation (what the Slicer module reads).
-WORKING_GRID_FIELD = "displacement_working_grid.nrrd"
+#: grid, or ``control-grid``: the whole displacement at Gauss-Newton's control points, uncompressed float32
+#: NRRD, exact under linear interpolation (what the Slicer module reads).
+CONTROL_GRID_FIELD = "displacement_control_grid.nrrd"
 FIELD_FORMATS = {"none": (), "nifti": ("displacement.nii.gz",), "nrrd": ("displacement.nrrd",),
-                 "both": ("displacement.nii.gz", "displacement.nrrd"), "working-grid": (WORKING_GRID_FIELD,)}
+                 "both": ("displacement.nii.gz", "displacement.nrrd"), "control-grid": (CONTROL_GRID_FIELD,)}
 _DEVICE = re.compile(r"^(auto|cpu|gpu|cuda(:\d+)?)$", re.IGNORECASE)
 #: Settings with a fixed set of values, checked before any image is read (also when given with --set).
 CHOICES = {"prealign": ("affine", "com", "none"), "solver": ("auto", "torch", "cupy"),
@@ -168,8 +168,8 @@ def add_output_options(parser: argparse.ArgumentParser, *, output_default: Optio
     group.add_argument("--field-format", choices=list(FIELD_FORMATS), default="none",
                        help="a displacement field file beside transform.h5: none (default), the field on the "
                             "fixed grid as displacement.nii.gz (nifti), displacement.nrrd (nrrd, header states "
-                            f"the convention for 3D Slicer) or both, or {WORKING_GRID_FIELD} (working-grid: "
-                            "the field on the working grid, exact under linear interpolation)")
+                            f"the convention for 3D Slicer) or both, or {CONTROL_GRID_FIELD} (control-grid: "
+                            "the field at the registration's control points, exact under linear interpolation)")
     group.add_argument("--uncompressed", dest="compress", action="store_false",
                        help="write images without compression (warped.nii instead of warped.nii.gz): larger "
                             "files, written and read faster (the Slicer module's worker uses it)")

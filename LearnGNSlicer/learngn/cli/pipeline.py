@@ -22,7 +22,7 @@ from ..progress import ProgressEvent
 from ..register import RegistrationResult, register
 from ..report import write_report
 from .cancel import CancelOnSignal
-from .options import WORKING_GRID_FIELD, OutputOptions, RegistrationOptions, in_cli_terms
+from .options import CONTROL_GRID_FIELD, OutputOptions, RegistrationOptions, in_cli_terms
 from .progress import Reporter
 from .provenance import KEY_ENTRY, result_key
 from .staging import check_output_folder, staged_folder
@@ -118,8 +118,8 @@ def _write_files(result: RegistrationResult, moving: sitk.Image, folder: Path, o
                  reporter: Reporter, cancel: CancelOnSignal) -> None:
     """The warped image (in the moving image's pixel type), the transform and the field file(s) asked for."""
     def field_writer(name: str) -> Callable[[Path], None]:
-        if name == WORKING_GRID_FIELD:
-            return lambda path: write_displacement(result.compact.composed_on_working_grid(), path, compress=False)
+        if name == CONTROL_GRID_FIELD:
+            return lambda path: write_displacement(result.compact.composed_on_control_grid(), path, compress=False)
         return lambda path: write_displacement(result.displacement, path, output.compress)
 
     writers: List[Tuple[str, Callable[[Path], None]]] = [
