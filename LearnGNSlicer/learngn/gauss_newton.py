@@ -39,13 +39,15 @@ def identity_grid(shape: Tuple[int, int, int], device: torch.device, dtype: torc
     return torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)
 
 
-def _sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
-    """``grid_sample``'s grid ``(N, D, H, W, 3)``: ``x + displacement(x)`` normalised to [-1, 1], (x, y, z) last.
-    Without gradients it is written axis by axis into its final layout: no identity grid, no permuted copy."""
+def _sampling_grid(displacement: torch.Tensor, depth: Optional[int] = None) -> torch.Tensor:
+    """``grid_sample``'s grid ``(N, depth, H, W, 3)``: ``x + displacement(x)`` normalised to [-1, 1], (x, y, z)
+    last; planes beyond the displacement's depth repeat its last plane.  Without gradients it is written axis
+    by axis into its final layout: no identity grid, no permuted or padded copy."""
     batch, _, *shape = displacement.shape
     differentiable = torch.is_grad_enabled() and displacement.requires_grad
+    depth = shape[0] if depth is None else depth
     planes = []
-    grid = None if differentiable else displacement.new_empty((batch, *shape, 3))
+    grid = None if differentiable else displacement.new_empty((batch, depth, *shape[1:], 3))
     for last, axis in enumerate((2, 1, 0)):  # grid order x, y, z is array axis 2, 1, 0
         n = shape[axis]
         scale = 2.0 / max(n - 1, 1)
@@ -55,16 +57,22 @@ def _sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
         if grid is None:
             planes.append((displacement[:, axis] + positions) * scale - 1.0)
         else:
-            torch.add(displacement[:, axis], positions, out=grid[..., last]).mul_(scale).sub_(1.0)
-    return torch.stack(planes, dim=-1) if grid is None else grid
+            torch.add(displacement[:, axis], positions, out=grid[:, :shape[0], ..., last]).mul_(scale).sub_(1.0)
+    if grid is None:
+        grid = torch.stack(planes, dim=-1)
+        if depth > shape[0]:
+            grid = torch.cat([grid, grid[:, -1:].expand(batch, depth - shape[0], *grid.shape[2:])], dim=1)
+    elif depth > shape[0]:
+        grid[:, shape[0]:] = grid[:, shape[0] - 1:shape[0]]
+    return grid
 
 
-def _cpu_chunks(volume: torch.Tensor, grid: torch.Tensor) -> int:
+def _cpu_chunks(volume: torch.Tensor, displacement: torch.Tensor) -> int:
     """How many depth slabs a CPU warp is cut into: PyTorch's 3D CPU sampler runs its batch entries in
     parallel but each entry on one thread, so one image uses one core unless its grid is cut up."""
-    if volume.device.type != "cpu" or volume.shape[0] != 1 or grid.shape[0] != 1:
+    if volume.device.type != "cpu" or volume.shape[0] != 1 or displacement.shape[0] != 1:
         return 1
-    return max(1, min(torch.get_num_threads(), grid.shape[1]))
+    return max(1, min(torch.get_num_threads(), displacement.shape[2]))
 
 
 def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -73,17 +81,15 @@ def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear
     On the CPU the depth is cut into one slab per thread (see :func:`_cpu_chunks`); a ``volume`` stored
     channels-last (:func:`prepared_for_warp`) is sampled several times faster than a contiguous one.
     """
-    grid = _sampling_grid(displacement)
-    batch = volume.shape[0]
-    if grid.shape[0] != batch:
-        grid = grid.expand(batch, *grid.shape[1:])
-    chunks = _cpu_chunks(volume, grid)
+    chunks = _cpu_chunks(volume, displacement)
     if chunks == 1:
+        grid = _sampling_grid(displacement)
+        if grid.shape[0] != volume.shape[0]:
+            grid = grid.expand(volume.shape[0], *grid.shape[1:])
         return F.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=True)
-    depth = grid.shape[1]
+    depth = displacement.shape[2]
     slab = -(-depth // chunks)
-    if slab * chunks != depth:  # the last slab repeats the last plane; its copies are cut off below
-        grid = torch.cat([grid, grid[:, -1:].expand(1, slab * chunks - depth, *grid.shape[2:])], dim=1)
+    grid = _sampling_grid(displacement, slab * chunks)  # the last slab's extra planes are cut off below
     slabs = grid.reshape(chunks, slab, *grid.shape[2:])
     sampled = F.grid_sample(volume.expand(chunks, *volume.shape[1:]), slabs, mode=mode, padding_mode="border",
                             align_corners=True)  # (chunks, C, slab, H, W)

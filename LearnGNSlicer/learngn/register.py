@@ -18,7 +18,7 @@ from . import __version__
 from .device import default_working_voxels, describe, is_out_of_memory, resolve_device
 from .errors import InputError
 from .features import intensity_window, mind_ssc, signed_distance_maps, union_labels
-from .gauss_newton import gauss_newton_control, upsample_from_grid, warp
+from .gauss_newton import gauss_newton_control, prepared_for_warp, upsample_from_grid, warp
 from .geometry import working_grid, working_spacing
 from .models import load_model
 from .predictors import GaussNewtonPredictors, refined
@@ -171,8 +171,9 @@ def _deformable(inputs: _Inputs, grid: sitk.Image, transform: Optional[sitk.Tran
         fixed_features = _features(inputs.fixed_normalised, inputs.fixed_segmentation, grid, None, inputs, settings,
                                    device, predictors)
         tracker.update(0.5, "moving features")
-        moving_features = _features(inputs.moving_normalised, inputs.moving_segmentation, grid, transform, inputs,
-                                    settings, device, predictors)
+        # laid out for Gauss-Newton's warps once, here, so that no second copy of the features is held
+        moving_features = prepared_for_warp(_features(inputs.moving_normalised, inputs.moving_segmentation, grid,
+                                                      transform, inputs, settings, device, predictors))
     weight = _weight(inputs, grid, transform, device)
     backend = resolve_backend(settings.solver, device)
     tracker.start("gauss-newton", f"Gauss-Newton on {device}")
