@@ -261,7 +261,8 @@ def gauss_newton_control(fixed: torch.Tensor, moving: torch.Tensor, settings: Re
 
         control = _run_level(fixed_levels[level], moving_levels[level], weight_levels[level], control,
                              settings, predictors, report, backend)
-    return control
+    # the last steps leave kinks between neighbouring control points that the data do not support
+    return gaussian_smooth(control, settings.result_smoothing)
 
 
 def gauss_newton(fixed: torch.Tensor, moving: torch.Tensor, settings: RegistrationSettings, *,

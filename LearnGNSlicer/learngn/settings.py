@@ -25,6 +25,7 @@ class RegistrationSettings:
     regularisation: float = 0.5                 # multiplies the lambda schedule: higher is smoother
     momentum: float = 0.5
     update_smoothing: float = 0.0               # Gaussian sigma (control points) applied to each update
+    result_smoothing: float = 0.5               # Gaussian sigma (control points) applied once to the result
     working_spacing: Optional[float] = None     # isotropic mm; None picks it from max_working_voxels
     max_working_voxels: Optional[int] = None    # voxel budget of the working grid; None: the device's default
     mind_dilation: int = 2
@@ -44,7 +45,8 @@ class RegistrationSettings:
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         numeric = ("iterations", "levels", "grid_stride", "lambda_start", "lambda_end", "regularisation", "momentum",
-                   "update_smoothing", "mind_dilation", "sdm_clip_mm", "cg_tolerance", "cg_max_iterations")
+                   "update_smoothing", "result_smoothing", "mind_dilation", "sdm_clip_mm", "cg_tolerance",
+                   "cg_max_iterations")
         numeric += tuple(name for name in ("working_spacing", "max_working_voxels") if getattr(self, name) is not None)
         not_numbers = [n for n in numeric
                        if isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), numbers.Real)]
@@ -55,11 +57,13 @@ class RegistrationSettings:
             "grid_stride": 1 <= self.grid_stride <= 16, "regularisation": self.regularisation > 0,
             "lambda_start": self.lambda_start > 0, "lambda_end": self.lambda_end > 0,
             "momentum": 0 <= self.momentum < 1, "update_smoothing": self.update_smoothing >= 0,
+            "result_smoothing": self.result_smoothing >= 0,
             "max_working_voxels": self.max_working_voxels is None or self.max_working_voxels >= 32 ** 3,
             "working_spacing": self.working_spacing is None or self.working_spacing > 0,
         }
         valid = {"iterations": ">= 1", "levels": "1 to 4", "grid_stride": "1 to 16", "regularisation": "> 0",
                  "lambda_start": "> 0", "lambda_end": "> 0", "momentum": ">= 0 and < 1", "update_smoothing": ">= 0",
+                 "result_smoothing": ">= 0",
                  "max_working_voxels": f">= {32 ** 3} (32^3)", "working_spacing": "> 0 (mm)"}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -99,13 +103,14 @@ def register_preset(preset: Preset) -> None:
 register_preset(Preset(
     "generic",
     "Any modality (CT, MRI, CT to MRI): affine pre-alignment, then classic Gauss-Newton on MIND-SSC features, "
-    "coarse to fine (control points every 2 working voxels at the finest level); no learned weights.",
+    "coarse to fine (control points every 2 working voxels at the finest level, the result smoothed over about "
+    "one control point); no learned weights.",
 ))
 register_preset(Preset(
     "brain-mri",
     "Brain MRI of different people or sessions: the generic method with less regularisation, for the detail "
     "of cortical and deep structures (more folding, still far below 0.1 %).",
-    RegistrationSettings(regularisation=0.3),
+    RegistrationSettings(regularisation=0.3, result_smoothing=0.0),
 ))
 register_preset(Preset(
     "segmentation-guided",
@@ -113,7 +118,7 @@ register_preset(Preset(
     # the single-level engine this preset was validated with (docs/EVALUATION.md)
     RegistrationSettings(features=("sdm",), lambda_start=0.0008, lambda_end=0.00016, sdm_clip_mm=100.0,
                          levels=1, grid_stride=4, cg_max_iterations=40, regularisation=1.0,
-                         max_working_voxels=1_500_000),
+                         max_working_voxels=1_500_000, result_smoothing=0.0),
     needs_segmentations=True,
 ))
 

@@ -7,8 +7,10 @@ import torch
 
 import torch.nn.functional as F
 
-from learngn.gauss_newton import (gauss_newton, gauss_newton_terms, lambda_schedule, pool_to_grid,
-                                  prepared_for_warp, settings_schedule, upsample_from_grid, warp)
+from learngn.errors import InputError
+from learngn.features import gaussian_smooth
+from learngn.gauss_newton import (gauss_newton, gauss_newton_control, gauss_newton_terms, lambda_schedule,
+                                  pool_to_grid, prepared_for_warp, settings_schedule, upsample_from_grid, warp)
 from learngn.predictors import GaussNewtonPredictors
 from learngn.settings import RegistrationSettings
 
@@ -85,6 +87,21 @@ def test_untrained_predictors_equal_classic_gauss_newton(blob_pair):
     with torch.no_grad():
         learned = gauss_newton(fixed, moving, config, predictors=GaussNewtonPredictors())
     assert torch.allclose(classic, learned, atol=1e-4)
+
+
+def test_result_smoothing_filters_the_final_control_grid_once(blob_pair):
+    """``result_smoothing`` smooths the returned control points and nothing else: the iterations run as without
+    it, and the displacement is the smoothed grid interpolated."""
+    fixed, moving = blob_pair
+    plain = RegistrationSettings(iterations=3, result_smoothing=0.0)
+    control = gauss_newton_control(fixed, moving, plain)
+    smoothed = gauss_newton_control(fixed, moving, plain.replace(result_smoothing=0.7))
+    assert torch.equal(smoothed, gaussian_smooth(control, 0.7))
+    assert float((smoothed - control).abs().max()) > 1e-3  # it changed something
+    displacement = gauss_newton(fixed, moving, plain.replace(result_smoothing=0.7))
+    assert torch.equal(displacement, upsample_from_grid(smoothed, plain.grid_stride, SHAPE))
+    with pytest.raises(InputError, match="result_smoothing"):
+        plain.replace(result_smoothing=-1.0)
 
 
 def test_lambda_schedule_is_log_spaced():
