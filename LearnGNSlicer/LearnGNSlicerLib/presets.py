@@ -32,7 +32,8 @@ class PresetInfo:
 BUILT_IN = [
     PresetInfo(DEFAULT_PRESET, "Any modality (CT, MRI, CT to MRI): affine pre-alignment, then classic Gauss-Newton "
                                "on MIND-SSC features, coarse to fine (control points every 2 working voxels at the "
-                               "finest level); no learned weights."),
+                               "finest level, the result smoothed over about one control point); no learned "
+                               "weights."),
     PresetInfo("brain-mri", "Brain MRI of different people or sessions: the generic method with less regularisation, "
                             "for the detail of cortical and deep structures (more folding, still far below "
                             "0.1 %)."),

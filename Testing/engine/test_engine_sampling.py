@@ -83,7 +83,7 @@ def test_resample_on_device_agrees_with_simpleitk(transform_kind, nearest):
 
 
 def test_compose_on_device_applies_the_field_then_the_prealignment():
-    """Same as compose_to_field([A, U]) with U on a coarser working grid (so it is interpolated)."""
+    """Same as compose_to_field([A, U]) with U a field on a coarser grid (so it is interpolated)."""
     fixed = fixed_grid()
     grid = working_grid(fixed, 4.5)
     rng = np.random.default_rng(3)
@@ -92,7 +92,8 @@ def test_compose_on_device_applies_the_field_then_the_prealignment():
     for prealignment in (an_affine(), sitk.CompositeTransform([an_affine(), a_dense_transform(fixed)]), None):
         expected = sitk.GetArrayFromImage(compose_to_field(
             [prealignment, displacement_transform(voxel_field_to_image(working, grid))], fixed))
-        ours = compose_on_device(prealignment, working, grid, fixed, with_torch=True).tensor.numpy()
+        ours = compose_on_device(prealignment, voxel_field_to_image(working, grid), fixed, torch.device("cpu"),
+                                 with_torch=True).tensor.numpy()
         assert np.abs(expected).max() > 1.0
         assert np.allclose(ours, expected, atol=1e-3), type(prealignment).__name__
 
