@@ -1,5 +1,5 @@
 """What ``learngn register`` writes by default and on request: one compact transform file that maps points
-like the full-grid field, the working-grid field for the Slicer module (uncompressed float32 NRRD), the
+like the full-grid field, the control-grid field for the Slicer module (uncompressed float32 NRRD), the
 warped image in the moving image's pixel type, and timings that say what they cover."""
 from __future__ import annotations
 
