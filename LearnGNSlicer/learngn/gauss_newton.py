@@ -75,25 +75,40 @@ def _cpu_chunks(volume: torch.Tensor, displacement: torch.Tensor) -> int:
     return max(1, min(torch.get_num_threads(), displacement.shape[2]))
 
 
-def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Sample ``volume`` at ``x + displacement(x)`` (voxels), edges replicated.
-
-    On the CPU the depth is cut into one slab per thread (see :func:`_cpu_chunks`); a ``volume`` stored
-    channels-last (:func:`prepared_for_warp`) is sampled several times faster than a contiguous one.
-    """
+def warp_in_slabs(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """:func:`warp` before its slabs are joined: ``(slabs, C, planes, H, W)``, slab ``k`` holding the planes from
+    ``k * planes`` on (the last slab's planes beyond the depth repeat the last plane).  On the CPU the depth is
+    cut into one slab per thread (see :func:`_cpu_chunks`); elsewhere it is one slab, the warp itself.  The
+    classic Gauss-Newton terms read the slabs as they are, which saves joining them into one copy."""
     chunks = _cpu_chunks(volume, displacement)
     if chunks == 1:
         grid = _sampling_grid(displacement)
         if grid.shape[0] != volume.shape[0]:
             grid = grid.expand(volume.shape[0], *grid.shape[1:])
         return F.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=True)
-    depth = displacement.shape[2]
-    slab = -(-depth // chunks)
-    grid = _sampling_grid(displacement, slab * chunks)  # the last slab's extra planes are cut off below
+    slab = -(-displacement.shape[2] // chunks)
+    grid = _sampling_grid(displacement, slab * chunks)
     slabs = grid.reshape(chunks, slab, *grid.shape[2:])
-    sampled = F.grid_sample(volume.expand(chunks, *volume.shape[1:]), slabs, mode=mode, padding_mode="border",
-                            align_corners=True)  # (chunks, C, slab, H, W)
-    return sampled.transpose(0, 1).reshape(1, volume.shape[1], slab * chunks, *grid.shape[2:4])[:, :, :depth]
+    return F.grid_sample(volume.expand(chunks, *volume.shape[1:]), slabs, mode=mode, padding_mode="border",
+                         align_corners=True)
+
+
+def joined_slabs(slabs: torch.Tensor, depth: int) -> torch.Tensor:
+    """The ``(1, C, depth, H, W)`` volume that :func:`warp_in_slabs`'s slabs cut up (itself when uncut)."""
+    if slabs.shape[0] == 1 and slabs.shape[2] == depth:
+        return slabs
+    chunks, channels, planes = slabs.shape[:3]
+    return slabs.transpose(0, 1).reshape(1, channels, chunks * planes, *slabs.shape[3:])[:, :, :depth]
+
+
+def warp(volume: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``volume`` at ``x + displacement(x)`` (voxels), edges replicated.
+
+    On the CPU the sampling runs in depth slabs, one per thread (:func:`warp_in_slabs`); a ``volume`` stored
+    channels-last (:func:`prepared_for_warp`) is sampled several times faster than a contiguous one.
+    """
+    sampled = warp_in_slabs(volume, displacement, mode)
+    return sampled if sampled.shape[0] == volume.shape[0] else joined_slabs(sampled, displacement.shape[2])
 
 
 def prepared_for_warp(volume: torch.Tensor) -> torch.Tensor:
@@ -123,27 +138,47 @@ def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tens
     """``sum_c J_c^2`` and ``sum_c f_c J_c``, each ``(1, 3, D, H, W)``, of the classic terms (central differences
     of the warped channel, edges replicated; residual warped minus fixed), accumulated in place one channel and
     one axis at a time.  Without gradients only: it is :func:`classic_terms` without its padded copy, its
-    concatenation and its per-channel products, about three times faster on a 4 M-voxel working grid."""
-    hessian = warped.new_zeros((1, 3, *warped.shape[2:]))
-    gradient = warped.new_zeros((1, 3, *warped.shape[2:]))
+    concatenation and its per-channel products, about three times faster on a 4 M-voxel working grid.
+
+    ``warped`` may be the depth slabs of :func:`warp_in_slabs` (``fixed`` gives the depth); each voxel's sums
+    are formed in the same order either way, so the slabs give the same bits as the joined volume."""
+    depth = fixed.shape[2]
+    chunks, channels, planes = warped.shape[:3]
+    hessian = warped.new_zeros((1, 3, depth, *warped.shape[3:]))
+    gradient = warped.new_zeros((1, 3, depth, *warped.shape[3:]))
     derivative = warped.new_empty(warped.shape[2:])
     residual = warped.new_empty(warped.shape[2:])
-    for channel in range(warped.shape[1]):
-        moving_channel = warped[0, channel]
-        torch.sub(moving_channel, fixed[0, channel], out=residual)
-        for axis in range(3):
-            n = moving_channel.shape[axis]
-            if n < 2:
-                derivative.zero_()
-            else:  # replicate padding: one-sided differences at the two edges
-                torch.sub(moving_channel.narrow(axis, 2, n - 2), moving_channel.narrow(axis, 0, n - 2),
-                          out=derivative.narrow(axis, 1, n - 2))
-                torch.sub(moving_channel.narrow(axis, 1, 1), moving_channel.narrow(axis, 0, 1),
-                          out=derivative.narrow(axis, 0, 1))
-                torch.sub(moving_channel.narrow(axis, n - 1, 1), moving_channel.narrow(axis, n - 2, 1),
-                          out=derivative.narrow(axis, n - 1, 1))
-            hessian[0, axis].addcmul_(derivative, derivative)
-            gradient[0, axis].addcmul_(residual, derivative)
+
+    def plane(channel: int, z: int) -> torch.Tensor:
+        """Plane ``z`` of a channel, clamped to the volume (replicated edges), whichever slab holds it."""
+        z = min(max(z, 0), depth - 1)
+        return warped[z // planes, channel, z % planes]
+
+    for chunk in range(chunks):
+        start = chunk * planes
+        count = min(planes, depth - start)
+        if count <= 0:
+            break
+        rows = slice(start, start + count)
+        for channel in range(channels):
+            block = warped[chunk, channel, :count]
+            out = derivative[:count]
+            torch.sub(block, fixed[0, channel, rows], out=residual[:count])
+            for axis in range(3):
+                n = block.shape[axis]
+                if axis == 0:  # across slabs: the planes before and after the block may lie in the neighbours
+                    torch.sub(plane(channel, start + 1), plane(channel, start - 1), out=out[0])
+                    if count > 1:
+                        torch.sub(block[2:], block[:-2], out=out[1:-1])
+                        torch.sub(plane(channel, start + count), block[-2], out=out[-1])
+                elif n < 2:
+                    out.zero_()
+                else:  # replicate padding: one-sided differences at the two edges
+                    torch.sub(block.narrow(axis, 2, n - 2), block.narrow(axis, 0, n - 2), out=out.narrow(axis, 1, n - 2))
+                    torch.sub(block.narrow(axis, 1, 1), block.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+                    torch.sub(block.narrow(axis, n - 1, 1), block.narrow(axis, n - 2, 1), out=out.narrow(axis, n - 1, 1))
+                hessian[0, axis, rows].addcmul_(out, out)
+                gradient[0, axis, rows].addcmul_(residual[:count], out)
     # the differences above are twice the derivatives; halving by a power of two is exact, so scaling the
     # sums once gives the same bits as halving every difference, in 36 fewer passes over the grid
     return hessian.mul_(0.25), gradient.mul_(0.5)
@@ -173,13 +208,15 @@ def _batched_sums(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[to
 def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
                        predictors: Optional[GaussNewtonPredictors], stride: int
                        ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``."""
+    """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``.
+
+    ``warped``: the warped moving features, ``(1, C, D, H, W)`` or the depth slabs of :func:`warp_in_slabs`."""
     if predictors is None and not (torch.is_grad_enabled() and (warped.requires_grad or fixed.requires_grad)):
         hessian, gradient = _classic_sums(warped, fixed)
         if weight is not None:
             hessian, gradient = hessian * weight, gradient * weight
     else:
-        hessian, gradient = _batched_sums(warped, fixed, weight, predictors)
+        hessian, gradient = _batched_sums(joined_slabs(warped, fixed.shape[2]), fixed, weight, predictors)
     channels = warped.shape[1]
     return pool_to_grid(hessian / channels, stride)[0], pool_to_grid(gradient / channels, stride)[0]
 
@@ -216,7 +253,7 @@ def _run_level(fixed: torch.Tensor, moving: torch.Tensor, weight: Optional[torch
     moving = prepared_for_warp(moving)
     for iteration, lam in enumerate(settings_schedule(settings)):
         displacement = upsample_from_grid(control, stride, shape)
-        warped = warp(moving, displacement)
+        warped = warp_in_slabs(moving, displacement)
         hessian, gradient = gauss_newton_terms(warped, fixed, weight, predictors, stride)
         rhs = -gradient - lam * apply_laplacian(control[0])
         delta = solve_regularised(hessian, rhs, lam, backend=backend, options=options)

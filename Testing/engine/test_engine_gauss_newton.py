@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from learngn.errors import InputError
 from learngn.features import gaussian_smooth
 from learngn.gauss_newton import (gauss_newton, gauss_newton_control, gauss_newton_terms, lambda_schedule,
-                                  pool_to_grid, prepared_for_warp, settings_schedule, upsample_from_grid, warp)
+                                  pool_to_grid, prepared_for_warp, settings_schedule, upsample_from_grid, warp,
+                                  joined_slabs, warp_in_slabs)
 from learngn.predictors import GaussNewtonPredictors
 from learngn.settings import RegistrationSettings
 
@@ -220,6 +221,33 @@ def test_in_place_classic_terms_equal_the_differentiable_ones(shape):
         assert float(expected.abs().max()) > 0.0
         torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
     assert reference[0].requires_grad  # the training path still carries gradients
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5, 7, 8])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_classic_terms_read_the_warp_slabs_as_the_joined_volume(depth, threads):
+    """Registration hands the warp's depth slabs to the classic terms without joining them; the terms must be
+    the same bits as from the joined volume, derivatives across slab borders and the repeated planes of the
+    last slab included."""
+    generator = torch.Generator().manual_seed(4)
+    moving, fixed = torch.rand(2, 1, 3, depth, 6, 5, generator=generator)
+    displacement = torch.randn(1, 3, depth, 6, 5, generator=generator)
+    weight = (torch.rand(1, 1, depth, 6, 5, generator=generator) > 0.3).float()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            slabs = warp_in_slabs(prepared_for_warp(moving), displacement)
+            joined = warp(moving, displacement)
+            from_slabs = gauss_newton_terms(slabs, fixed, weight, None, 1)
+            from_joined = gauss_newton_terms(joined, fixed, weight, None, 1)
+    finally:
+        torch.set_num_threads(previous)
+    assert slabs.shape[0] == min(threads, depth)
+    assert torch.equal(joined_slabs(slabs, depth), joined)
+    for got, expected in zip(from_slabs, from_joined):
+        assert float(expected.abs().max()) > 0.0
+        assert torch.equal(got, expected)
 
 
 def test_a_thin_slab_gets_the_levels_it_can_hold():
