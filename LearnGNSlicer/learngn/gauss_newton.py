@@ -134,18 +134,23 @@ def upsample_from_grid(field: torch.Tensor, stride: int, shape: Tuple[int, ...])
 CHANNEL_BATCH_VOXELS = 2_000_000
 
 
-def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor,
+                  out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``sum_c J_c^2`` and ``sum_c f_c J_c``, each ``(1, 3, D, H, W)``, of the classic terms (central differences
     of the warped channel, edges replicated; residual warped minus fixed), accumulated in place one channel and
     one axis at a time.  Without gradients only: it is :func:`classic_terms` without its padded copy, its
     concatenation and its per-channel products, about three times faster on a 4 M-voxel working grid.
 
     ``warped`` may be the depth slabs of :func:`warp_in_slabs` (``fixed`` gives the depth); each voxel's sums
-    are formed in the same order either way, so the slabs give the same bits as the joined volume."""
+    are formed in the same order either way, so the slabs give the same bits as the joined volume.  ``out``:
+    two ``(1, 3, D, H, W)`` tensors to sum into (overwritten), so that a level's steps reuse one pair."""
     depth = fixed.shape[2]
     chunks, channels, planes = warped.shape[:3]
-    hessian = warped.new_zeros((1, 3, depth, *warped.shape[3:]))
-    gradient = warped.new_zeros((1, 3, depth, *warped.shape[3:]))
+    if out is None:
+        hessian = warped.new_zeros((1, 3, depth, *warped.shape[3:]))
+        gradient = warped.new_zeros((1, 3, depth, *warped.shape[3:]))
+    else:
+        hessian, gradient = out[0].zero_(), out[1].zero_()
     derivative = warped.new_empty(warped.shape[2:])
     residual = warped.new_empty(warped.shape[2:])
 
@@ -206,19 +211,23 @@ def _batched_sums(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[to
 
 
 def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
-                       predictors: Optional[GaussNewtonPredictors], stride: int
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+                       predictors: Optional[GaussNewtonPredictors], stride: int,
+                       workspace: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``.
 
-    ``warped``: the warped moving features, ``(1, C, D, H, W)`` or the depth slabs of :func:`warp_in_slabs`."""
+    ``warped``: the warped moving features, ``(1, C, D, H, W)`` or the depth slabs of :func:`warp_in_slabs`.
+    ``workspace``: two working-grid ``(1, 3, D, H, W)`` tensors that the classic sums may overwrite, instead of
+    fresh memory at every step (the system maps fresh memory page by page: seconds per registration)."""
     if predictors is None and not (torch.is_grad_enabled() and (warped.requires_grad or fixed.requires_grad)):
-        hessian, gradient = _classic_sums(warped, fixed)
+        hessian, gradient = _classic_sums(warped, fixed, workspace)
         if weight is not None:
-            hessian, gradient = hessian * weight, gradient * weight
+            hessian, gradient = hessian.mul_(weight), gradient.mul_(weight)
     else:
         hessian, gradient = _batched_sums(joined_slabs(warped, fixed.shape[2]), fixed, weight, predictors)
+    # in place: each working-grid temporary is fresh memory that the system must map (page faults cost
+    # seconds per registration on a 6 M-voxel grid); the sums are this function's own
     channels = warped.shape[1]
-    return pool_to_grid(hessian / channels, stride)[0], pool_to_grid(gradient / channels, stride)[0]
+    return pool_to_grid(hessian.div_(channels), stride)[0], pool_to_grid(gradient.div_(channels), stride)[0]
 
 
 def usable_levels(shape: Tuple[int, ...], levels: int, stride: int) -> int:
@@ -251,10 +260,12 @@ def _run_level(fixed: torch.Tensor, moving: torch.Tensor, weight: Optional[torch
     options = SolverOptions(settings.cg_tolerance, settings.cg_max_iterations)
     velocity = torch.zeros_like(control)
     moving = prepared_for_warp(moving)
+    workspace = None if predictors is not None or torch.is_grad_enabled() else \
+        (fixed.new_empty((1, 3, *shape)), fixed.new_empty((1, 3, *shape)))
     for iteration, lam in enumerate(settings_schedule(settings)):
         displacement = upsample_from_grid(control, stride, shape)
         warped = warp_in_slabs(moving, displacement)
-        hessian, gradient = gauss_newton_terms(warped, fixed, weight, predictors, stride)
+        hessian, gradient = gauss_newton_terms(warped, fixed, weight, predictors, stride, workspace)
         rhs = -gradient - lam * apply_laplacian(control[0])
         delta = solve_regularised(hessian, rhs, lam, backend=backend, options=options)
         if settings.update_smoothing > 0:

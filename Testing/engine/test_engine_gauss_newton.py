@@ -226,9 +226,9 @@ def test_in_place_classic_terms_equal_the_differentiable_ones(shape):
 @pytest.mark.parametrize("depth", [1, 2, 5, 7, 8])
 @pytest.mark.parametrize("threads", [2, 3])
 def test_classic_terms_read_the_warp_slabs_as_the_joined_volume(depth, threads):
-    """Registration hands the warp's depth slabs to the classic terms without joining them; the terms must be
-    the same bits as from the joined volume, derivatives across slab borders and the repeated planes of the
-    last slab included."""
+    """Registration hands the warp's depth slabs to the classic terms without joining them, and lets them sum
+    into one workspace per level; the terms must be the same bits as from the joined volume into fresh
+    memory, derivatives across slab borders and the repeated planes of the last slab included."""
     generator = torch.Generator().manual_seed(4)
     moving, fixed = torch.rand(2, 1, 3, depth, 6, 5, generator=generator)
     displacement = torch.randn(1, 3, depth, 6, 5, generator=generator)
@@ -241,13 +241,15 @@ def test_classic_terms_read_the_warp_slabs_as_the_joined_volume(depth, threads):
             joined = warp(moving, displacement)
             from_slabs = gauss_newton_terms(slabs, fixed, weight, None, 1)
             from_joined = gauss_newton_terms(joined, fixed, weight, None, 1)
+            workspace = (torch.full((1, 3, depth, 6, 5), 7.0), torch.full((1, 3, depth, 6, 5), -7.0))  # stale
+            reusing = gauss_newton_terms(slabs, fixed, weight, None, 1, workspace)
     finally:
         torch.set_num_threads(previous)
     assert slabs.shape[0] == min(threads, depth)
     assert torch.equal(joined_slabs(slabs, depth), joined)
-    for got, expected in zip(from_slabs, from_joined):
+    for got, again, expected in zip(from_slabs, reusing, from_joined):
         assert float(expected.abs().max()) > 0.0
-        assert torch.equal(got, expected)
+        assert torch.equal(got, expected) and torch.equal(again, expected)
 
 
 def test_a_thin_slab_gets_the_levels_it_can_hold():
