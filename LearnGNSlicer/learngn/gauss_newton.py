@@ -167,23 +167,25 @@ def _classic_sums(warped: torch.Tensor, fixed: torch.Tensor,
         rows = slice(start, start + count)
         for channel in range(channels):
             block = warped[chunk, channel, :count]
-            out = derivative[:count]
+            difference = derivative[:count]
             torch.sub(block, fixed[0, channel, rows], out=residual[:count])
             for axis in range(3):
-                n = block.shape[axis]
                 if axis == 0:  # across slabs: the planes before and after the block may lie in the neighbours
-                    torch.sub(plane(channel, start + 1), plane(channel, start - 1), out=out[0])
+                    torch.sub(plane(channel, start + 1), plane(channel, start - 1), out=difference[0])
                     if count > 1:
-                        torch.sub(block[2:], block[:-2], out=out[1:-1])
-                        torch.sub(plane(channel, start + count), block[-2], out=out[-1])
-                elif n < 2:
-                    out.zero_()
+                        torch.sub(block[2:], block[:-2], out=difference[1:-1])
+                        torch.sub(plane(channel, start + count), block[-2], out=difference[-1])
+                elif block.shape[axis] < 2:
+                    difference.zero_()
                 else:  # replicate padding: one-sided differences at the two edges
-                    torch.sub(block.narrow(axis, 2, n - 2), block.narrow(axis, 0, n - 2), out=out.narrow(axis, 1, n - 2))
-                    torch.sub(block.narrow(axis, 1, 1), block.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
-                    torch.sub(block.narrow(axis, n - 1, 1), block.narrow(axis, n - 2, 1), out=out.narrow(axis, n - 1, 1))
-                hessian[0, axis, rows].addcmul_(out, out)
-                gradient[0, axis, rows].addcmul_(residual[:count], out)
+                    n = block.shape[axis]
+                    torch.sub(block.narrow(axis, 2, n - 2), block.narrow(axis, 0, n - 2),
+                              out=difference.narrow(axis, 1, n - 2))
+                    torch.sub(block.narrow(axis, 1, 1), block.narrow(axis, 0, 1), out=difference.narrow(axis, 0, 1))
+                    torch.sub(block.narrow(axis, n - 1, 1), block.narrow(axis, n - 2, 1),
+                              out=difference.narrow(axis, n - 1, 1))
+                hessian[0, axis, rows].addcmul_(difference, difference)
+                gradient[0, axis, rows].addcmul_(residual[:count], difference)
     # the differences above are twice the derivatives; halving by a power of two is exact, so scaling the
     # sums once gives the same bits as halving every difference, in 36 fewer passes over the grid
     return hessian.mul_(0.25), gradient.mul_(0.5)
@@ -212,7 +214,8 @@ def _batched_sums(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[to
 
 def gauss_newton_terms(warped: torch.Tensor, fixed: torch.Tensor, weight: Optional[torch.Tensor],
                        predictors: Optional[GaussNewtonPredictors], stride: int,
-                       workspace: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                       workspace: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pooled ``mean_c J_c^2`` and ``mean_c f_c J_c`` on the control grid, each ``(3, d, h, w)``.
 
     ``warped``: the warped moving features, ``(1, C, D, H, W)`` or the depth slabs of :func:`warp_in_slabs`.

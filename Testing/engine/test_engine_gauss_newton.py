@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from learngn.errors import InputError
 from learngn.features import gaussian_smooth
-from learngn.gauss_newton import (gauss_newton, gauss_newton_control, gauss_newton_terms, lambda_schedule,
-                                  pool_to_grid, prepared_for_warp, settings_schedule, upsample_from_grid, warp,
-                                  joined_slabs, warp_in_slabs)
+from learngn.gauss_newton import (gauss_newton, gauss_newton_control, gauss_newton_terms, joined_slabs,
+                                  lambda_schedule, pool_to_grid, prepared_for_warp, settings_schedule,
+                                  upsample_from_grid, warp, warp_in_slabs)
 from learngn.predictors import GaussNewtonPredictors
 from learngn.settings import RegistrationSettings
 
