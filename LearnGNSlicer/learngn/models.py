@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 
 from .errors import InputError
-from .predictors import GaussNewtonPredictors, feature_net_kind, state_dict_shapes
+from .predictors import GaussNewtonPredictors, predictors_for, state_dict_shapes
 
 MODEL_DIR_VARIABLE = "LEARNGN_MODEL_DIR"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -227,7 +227,7 @@ def load_predictors_file(path: Path) -> GaussNewtonPredictors:
     except Exception as error:  # pickle, zip and torch errors all mean "not a usable weights file"
         raise InputError(f"cannot read model weights {path}: {error}. The file is corrupt or not a LearnGN "
                          "weights file; restore it from the repository or retrain with `learngn train`") from None
-    model = GaussNewtonPredictors(feature_net=feature_net_kind(state) if isinstance(state, dict) else None)
+    model = predictors_for(state) if isinstance(state, dict) else GaussNewtonPredictors()
     expected = state_dict_shapes(model)
     found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     if found != expected:

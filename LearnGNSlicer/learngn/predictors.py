@@ -111,27 +111,46 @@ class FeatureNet(nn.Module):
     MIND is invariant to absolute intensity, yet absolute intensity is what tells organs apart in CT; a
     distance map's profile fixes how far and how hard each organ pulls.  The network starts with a bank of
     soft windows of its input (a 1x1x1 convolution and tanh, evenly spaced centres), mixes them over a
-    3x3x3 neighbourhood and adds one correction per feature channel.  Its output layer starts at zero, so
-    an untrained network leaves the features, and classic Gauss-Newton, as they are.
+    3x3x3 neighbourhood into ``width`` channels, then (``depth`` > 1) widens its view with residual
+    3x3x3 convolutions dilated by 2 (each adds 4 voxels of context, so a correction can depend on the
+    tissue around a voxel, not only on its own), and adds one correction per feature channel.  It runs
+    once per image, not once per Gauss-Newton step, so its size costs a registration little.  Its output
+    layer starts at zero, so an untrained network leaves the features, and classic Gauss-Newton, as
+    they are.
     """
 
-    def __init__(self, kind: str = "mind") -> None:
+    def __init__(self, kind: str = "mind", width: int = HIDDEN_CHANNELS, depth: int = 1) -> None:
         super().__init__()
         if kind not in FEATURE_NET_KINDS:
             raise ValueError(f"unknown feature network kind {kind!r}; use {', '.join(FEATURE_NET_KINDS)}")
+        if width < 1 or depth < 1:
+            raise ValueError(f"a feature network needs width and depth >= 1, not {width} and {depth}")
         self.kind = kind
         spec = FEATURE_NET_KINDS[kind]
         self.windows = nn.Conv3d(1, WINDOWS, 1)
-        self.mix = nn.Conv3d(WINDOWS, HIDDEN_CHANNELS, 3, padding=1, padding_mode="replicate")
-        self.out = nn.Conv3d(HIDDEN_CHANNELS, spec.outputs, 1)
+        self.mix = nn.Conv3d(WINDOWS, width, 3, padding=1, padding_mode="replicate")
+        self.context = nn.ModuleList(nn.Conv3d(width, width, 3, padding=2, dilation=2, padding_mode="replicate")
+                                     for _ in range(depth - 1))
+        self.out = nn.Conv3d(width, spec.outputs, 1)
         with torch.no_grad():
             self.windows.weight.fill_(spec.window_slope)
             self.windows.bias.copy_(-spec.window_slope * torch.linspace(*spec.window_centres, WINDOWS))
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
+    @property
+    def width(self) -> int:
+        return self.mix.out_channels
+
+    @property
+    def depth(self) -> int:
+        return 1 + len(self.context)
+
     def _correction(self, source: torch.Tensor) -> torch.Tensor:
-        return self.out(F.leaky_relu(self.mix(torch.tanh(self.windows(source))), 0.1))
+        hidden = F.leaky_relu(self.mix(torch.tanh(self.windows(source))), 0.1)
+        for layer in self.context:
+            hidden = hidden + F.leaky_relu(layer(hidden), 0.1)
+        return self.out(hidden)
 
     def refine(self, features: torch.Tensor, intensity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Features ``(1, C, ...)`` (MIND, with its ``intensity`` ``(1, 1, ...)`` in [0, 1]; or distance
@@ -162,16 +181,32 @@ def feature_net_kind(state: Dict[str, torch.Tensor]) -> Optional[str]:
     return next((k for k, spec in FEATURE_NET_KINDS.items() if spec.outputs == out.shape[0]), "mind")
 
 
+def feature_net_size(state: Dict[str, torch.Tensor]) -> Tuple[int, int]:
+    """The (width, depth) of the feature network a saved state dict holds; (8, 1) is the first models'."""
+    mix = state.get("features.mix.weight")
+    width = int(mix.shape[0]) if mix is not None else HIDDEN_CHANNELS
+    depth = 1 + len({key.split(".")[2] for key in state if key.startswith("features.context.")})
+    return width, depth
+
+
+def predictors_for(state: Dict[str, torch.Tensor]) -> "GaussNewtonPredictors":
+    """An untrained model of the shape that a saved state dict holds (its feature network's kind and size)."""
+    width, depth = feature_net_size(state)
+    return GaussNewtonPredictors(feature_net=feature_net_kind(state), feature_width=width, feature_depth=depth)
+
+
 class GaussNewtonPredictors(nn.Module):
     """The learned model: predictors of J (3 outputs) and f (1 output) per feature channel, and optionally
     a feature network applied to the features before registration (``features``; None when not part of
-    the model; ``feature_net`` names its kind, ``mind`` or ``sdm``)."""
+    the model; ``feature_net`` names its kind, ``mind`` or ``sdm``, ``feature_width`` and ``feature_depth``
+    its size)."""
 
-    def __init__(self, feature_net: Optional[str] = None) -> None:
+    def __init__(self, feature_net: Optional[str] = None, feature_width: int = HIDDEN_CHANNELS,
+                 feature_depth: int = 1) -> None:
         super().__init__()
         self.jacobian = StencilPredictor(_difference_stencils())
         self.residual = StencilPredictor(_residual_stencil())
-        self.features = FeatureNet(feature_net) if feature_net else None
+        self.features = FeatureNet(feature_net, feature_width, feature_depth) if feature_net else None
 
     def computes_classic_terms(self) -> bool:
         """True when J and f are still the stencils of classic GN (e.g. a model that trained only its feature

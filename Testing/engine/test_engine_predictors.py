@@ -244,6 +244,41 @@ def test_untrained_feature_net_leaves_mind_as_it_is():
         FeatureNet().refine(mind[:, :5], intensity)
 
 
+def test_deeper_wider_feature_net_starts_as_classic_and_loads_at_its_size(tmp_path):
+    intensity = torch.rand((1, 1, 9, 10, 11), generator=torch.Generator().manual_seed(3))
+    mind = mind_ssc(intensity)
+    model = GaussNewtonPredictors(feature_net="mind", feature_width=12, feature_depth=3)
+    assert (model.features.width, model.features.depth) == (12, 3)
+    with torch.no_grad():
+        assert torch.equal(model.features.refine(mind, intensity), mind)  # untrained: MIND as it is
+        model.features.out.weight.normal_(0.0, 0.3)
+        for layer in model.features.context:
+            layer.weight.normal_(0.0, 0.1)
+        refined = model.features.refine(mind, intensity)
+    path = tmp_path / "deep.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_predictors_file(path)
+    assert (loaded.features.width, loaded.features.depth) == (12, 3)
+    with torch.no_grad():
+        assert torch.equal(loaded.features.refine(mind, intensity), refined)
+    # the dilated layers see further: a change 4 voxels away reaches a voxel only through them
+    far = intensity.clone()
+    far[0, 0, 4, 5, 9] += 0.5
+    with torch.no_grad():
+        deep = model.features._correction(far) - model.features._correction(intensity)
+        shallow_model = GaussNewtonPredictors(feature_net="mind", feature_width=12, feature_depth=1)
+        shallow_model.features.out.weight.normal_(0.0, 0.3)
+        shallow = (shallow_model.features._correction(far) - shallow_model.features._correction(intensity))
+    assert shallow[0, :, 4, 5, 5].abs().max() == 0 and deep[0, :, 4, 5, 5].abs().max() > 0
+    with pytest.raises(ValueError, match="width and depth"):
+        FeatureNet(width=0)
+
+
+def test_the_first_models_feature_net_loads_at_width_8_depth_1():
+    model = load_model("learngn_brain_mri_v1")
+    assert (model.features.width, model.features.depth) == (8, 1)
+
+
 def test_distance_map_feature_net_refines_each_map_alike_and_loads_as_its_kind(tmp_path):
     maps = 2 * torch.rand((1, 4, 6, 7, 8), generator=torch.Generator().manual_seed(1)) - 1
     with torch.no_grad():

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 import learngn
+from learngn.models import load_predictors_file
 from learngn.phantom import phantom_geometry, phantom_labels
 from learngn.training import TrainConfig, labels_folder, read_dataset_json, train
 from learngn.training.config import registration_settings_keys
@@ -166,13 +167,14 @@ def test_feature_network_training_fits_only_the_feature_network(tiny_labels, tmp
     from learngn.predictors import GaussNewtonPredictors
 
     config = tiny_config(tiny_labels, tmp_path / "fn", setting="synthetic", feature_net=True, trainable="features",
-                         optimizer="adam", steps=2, val_pairs=0)
+                         optimizer="adam", steps=2, val_pairs=0, feature_width=6, feature_depth=2)
     trained = state_of(train(config, progress=False).weights)
     torch.manual_seed(0)  # train() seeds torch with config.seed (0) before building its model
-    initial = GaussNewtonPredictors(feature_net="mind").state_dict()
-    assert set(trained) == set(initial)
+    initial = GaussNewtonPredictors(feature_net="mind", feature_width=6, feature_depth=2).state_dict()
+    assert set(trained) == set(initial) and "features.context.0.weight" in trained
     assert all(torch.equal(trained[k], initial[k]) for k in initial if not k.startswith("features."))
     assert trained["features.out.weight"].abs().max() > 0, "the feature network's output layer did not move"
+    assert not torch.equal(trained["features.context.0.weight"], initial["features.context.0.weight"])
 
 
 def test_cosine_schedule_decays_to_zero_and_constant_stays():
@@ -211,6 +213,8 @@ def test_init_weights_adds_a_feature_network_to_trained_predictors(tiny_labels, 
 def test_feature_network_options_are_checked():
     with pytest.raises(learngn.InputError, match="add --feature-net"):
         TrainConfig(output="x", labels_dir="y", setting="synthetic", trainable="features")
+    with pytest.raises(learngn.InputError, match="--feature-depth"):
+        TrainConfig(output="x", labels_dir="y", feature_net=True, feature_depth=0)
 
 
 def test_crop_start_centres_the_crop_inside_the_volume():
@@ -334,14 +338,17 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch)
     argv = ["train", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002",
             "-o", str(tmp_path / "run"), "--working-spacing", "10", "--iterations", "2",
             "--crop", "12", "--steps", "1", "--val-pairs", "0", "--progress", "none",
-            "--tune-lambda", "0.05,0.5", "--tune-pairs", "1",
-            "--export", "clitest", "--models-dir", str(tmp_path / "models")]
+            "--tune-lambda", "0.05,0.5", "--tune-pairs", "1", "--feature-net", "--feature-width", "5",
+            "--feature-depth", "2", "--export", "clitest", "--models-dir", str(tmp_path / "models")]
     args = parser.parse_args(argv)
     args.command_line = ["learngn", *argv, "--resume"]  # what learngn.cli.main records
     assert train_command.run(args) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["crop"] == [12, 12, 12] and saved["registration"]["lambda_start"] in (0.05, 0.5)
     assert (tmp_path / "run" / "tuning.csv").is_file()
+    assert (saved["feature_width"], saved["feature_depth"]) == (5, 2)
+    shipped = load_predictors_file(tmp_path / "models" / "clitest.pt")
+    assert (shipped.features.width, shipped.features.depth) == (5, 2)
     card = json.loads((tmp_path / "models" / "clitest.json").read_text(encoding="utf-8"))
     assert shlex.split(card["command"]) == ["learngn", *argv], "the card must hold the command that reproduces it"
     monkeypatch.setenv("LEARNGN_MODEL_DIR", str(tmp_path / "models"))

@@ -47,6 +47,9 @@ _OPTIONS = {
     "--trainable": ("trainable", str, "which part to fit: all, residual (f only), jacobian (J only), branches (the "
                                       "non-linear CNN branches of J and f, stencils kept), branches+features, or "
                                       "features (the feature network only)"),
+    "--feature-width": ("feature_width", int, "hidden channels of the feature network (default 8)"),
+    "--feature-depth": ("feature_depth", int, "3x3x3 layers of the feature network (default 1; each further one is "
+                                              "a dilated residual layer that adds 4 voxels of context)"),
     "--optimizer": ("optimizer", str, "nsgd: SGD with momentum on the normalised gradient (default; safe for "
                                       "stencil-initialised predictors); adam"),
     "--loss": ("loss", str, "dice (soft Dice of warped one-hot labels) or ce (weighted cross-entropy)"),

@@ -52,6 +52,8 @@ class TrainConfig:
     schedule: str = "constant"                   # constant | cosine (decays the learning rate to 0 at the last step)
     trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features | branches | branches+features
     feature_net: bool = False                    # add a feature network that refines the features (MIND or distance maps)
+    feature_width: int = 8                       # its hidden channels
+    feature_depth: int = 1                       # its 3x3x3 layers (> 1: dilated residual layers for context)
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
     loss: str = "dice"                           # dice | ce
     smoothness_weight: float = 0.1
@@ -81,6 +83,8 @@ class TrainConfig:
             raise InputError(f"unknown trainable part {self.trainable!r}; use {', '.join(TRAINABLE)}")
         if "features" in self.trainable.split("+") and not self.feature_net:
             raise InputError(f"--trainable {self.trainable} needs the feature network: add --feature-net")
+        if self.feature_width < 1 or self.feature_depth < 1:
+            raise InputError("--feature-width and --feature-depth must be at least 1")
         if self.optimizer not in ("nsgd", "adam"):
             raise InputError(f"unknown optimizer {self.optimizer!r}; use nsgd or adam")
         if self.schedule not in ("constant", "cosine"):

@@ -373,7 +373,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = GaussNewtonPredictors(feature_net=config.features[0] if config.feature_net else None)
+    model = GaussNewtonPredictors(feature_net=config.features[0] if config.feature_net else None,
+                                  feature_width=config.feature_width, feature_depth=config.feature_depth)
     if config.init_weights:
         start_from(model, Path(config.init_weights))
     optimiser = make_optimiser(config, model)
