@@ -210,6 +210,22 @@ def test_init_weights_adds_a_feature_network_to_trained_predictors(tiny_labels, 
         train(tiny_config(tiny_labels, tmp_path / "third", init_weights=str(second.weights)), progress=False)
 
 
+def test_init_weights_deepens_a_trained_feature_network_without_changing_it(tiny_labels, tmp_path):
+    from learngn.predictors import GaussNewtonPredictors
+    from learngn.training.trainer import start_from
+
+    first = train(tiny_config(tiny_labels, tmp_path / "shallow", setting="synthetic", feature_net=True,
+                              trainable="features", optimizer="adam", steps=2, val_pairs=0), progress=False)
+    shallow = load_predictors_file(first.weights)
+    deeper = GaussNewtonPredictors(feature_net="mind", feature_width=8, feature_depth=3)
+    start_from(deeper, first.weights)
+    intensity = torch.rand((1, 1, 10, 11, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert shallow.features._correction(intensity).abs().max() > 0
+        assert torch.equal(deeper.features._correction(intensity), shallow.features._correction(intensity))
+    assert all(not layer.weight.any() for layer in deeper.features.context)
+
+
 def test_feature_network_options_are_checked():
     with pytest.raises(learngn.InputError, match="add --feature-net"):
         TrainConfig(output="x", labels_dir="y", setting="synthetic", trainable="features")

@@ -284,7 +284,9 @@ def trained_parameters(config: TrainConfig, model: torch.nn.Module) -> List[torc
 
 def start_from(model: GaussNewtonPredictors, weights: Path) -> None:
     """Load an earlier run's weights into ``model``; parts the file lacks (a new feature network) keep their
-    classic-GN initialisation."""
+    classic-GN initialisation.  Context layers added to a trained feature network (a larger
+    ``--feature-depth``) start at zero, so the model starts as exactly the earlier one and training can
+    only add to it."""
     from ..models import load_predictors_file
 
     state = load_predictors_file(weights).state_dict()
@@ -294,6 +296,12 @@ def start_from(model: GaussNewtonPredictors, weights: Path) -> None:
         raise InputError(f"--init-weights {weights} does not fit this model ({', '.join(foreign)}); "
                          "use the weights of a run with the same setting")
     model.load_state_dict(state, strict=False)
+    if model.features is not None and "features.out.weight" in state:
+        with torch.no_grad():
+            for index, layer in enumerate(model.features.context):
+                if f"features.context.{index}.weight" not in state:
+                    layer.weight.zero_()
+                    layer.bias.zero_()
 
 
 def make_optimiser(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
