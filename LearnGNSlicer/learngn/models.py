@@ -227,9 +227,10 @@ def load_predictors_file(path: Path) -> GaussNewtonPredictors:
     except Exception as error:  # pickle, zip and torch errors all mean "not a usable weights file"
         raise InputError(f"cannot read model weights {path}: {error}. The file is corrupt or not a LearnGN "
                          "weights file; restore it from the repository or retrain with `learngn train`") from None
-    model = predictors_for(state) if isinstance(state, dict) else GaussNewtonPredictors()
+    tensors = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    model = predictors_for(state) if tensors else GaussNewtonPredictors()
     expected = state_dict_shapes(model)
-    found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+    found = {k: tuple(v.shape) for k, v in state.items()} if tensors else {}
     if found != expected:
         raise InputError(f"model weights {path} do not match this version of LearnGN (expected tensors "
                          f"{sorted(expected)}, found {sorted(found)}); retrain with `learngn train`")

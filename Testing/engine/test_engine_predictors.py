@@ -144,6 +144,9 @@ def test_mismatched_state_dict_is_an_input_error(tmp_path):
     torch.save({"something": torch.zeros(3)}, path)
     with pytest.raises(learngn.InputError, match="do not match this version"):
         load_predictors_file(path)
+    torch.save({"features.mix.weight": 3, "features.out.weight": [1, 2]}, path)  # not tensors
+    with pytest.raises(learngn.InputError, match="do not match this version"):
+        load_predictors_file(path)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
