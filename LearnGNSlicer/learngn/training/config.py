@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import InputError
+from ..predictors import HIDDEN_CHANNELS
 from ..settings import RegistrationSettings
 
 SETTINGS = ("sdm", "synthetic", "images")
@@ -52,7 +53,7 @@ class TrainConfig:
     schedule: str = "constant"                   # constant | cosine (decays the learning rate to 0 at the last step)
     trainable: str = "all"                       # all | residual (f only) | jacobian (J only) | features | branches | branches+features
     feature_net: bool = False                    # add a feature network that refines the features (MIND or distance maps)
-    feature_width: int = 8                       # its hidden channels
+    feature_width: int = HIDDEN_CHANNELS         # its hidden channels (the first models' 8)
     feature_depth: int = 1                       # its 3x3x3 layers (> 1: dilated residual layers for context)
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
     loss: str = "dice"                           # dice | ce
