@@ -119,16 +119,20 @@ class FeatureNet(nn.Module):
     they are.
     """
 
-    def __init__(self, kind: str = "mind", width: int = HIDDEN_CHANNELS, depth: int = 1) -> None:
+    def __init__(self, kind: str = "mind", width: int = HIDDEN_CHANNELS, depth: int = 1,
+                 reads_features: bool = False) -> None:
         super().__init__()
         if kind not in FEATURE_NET_KINDS:
             raise ValueError(f"unknown feature network kind {kind!r}; use {', '.join(FEATURE_NET_KINDS)}")
         if width < 1 or depth < 1:
             raise ValueError(f"a feature network needs width and depth >= 1, not {width} and {depth}")
+        if reads_features and kind != "mind":
+            raise ValueError("only the MIND feature network reads the features beside its input")
         self.kind = kind
         spec = FEATURE_NET_KINDS[kind]
         self.windows = nn.Conv3d(1, WINDOWS, 1)
-        self.mix = nn.Conv3d(WINDOWS, width, 3, padding=1, padding_mode="replicate")
+        inputs = WINDOWS + (spec.outputs if reads_features else 0)
+        self.mix = nn.Conv3d(inputs, width, 3, padding=1, padding_mode="replicate")
         self.context = nn.ModuleList(nn.Conv3d(width, width, 3, padding=2, dilation=2, padding_mode="replicate")
                                      for _ in range(depth - 1))
         self.out = nn.Conv3d(width, spec.outputs, 1)
@@ -146,8 +150,18 @@ class FeatureNet(nn.Module):
     def depth(self) -> int:
         return 1 + len(self.context)
 
-    def _correction(self, source: torch.Tensor) -> torch.Tensor:
-        hidden = F.leaky_relu(self.mix(torch.tanh(self.windows(source))), 0.1)
+    @property
+    def reads_features(self) -> bool:
+        """True when the corrections depend on the MIND channels too, not on the intensity alone: only
+        then can the network scale MIND where it misleads (an additive correction of the intensity
+        alone cannot)."""
+        return self.mix.in_channels > WINDOWS
+
+    def _correction(self, source: torch.Tensor, features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        bank = torch.tanh(self.windows(source))
+        if self.reads_features:
+            bank = torch.cat([bank, features], dim=1)
+        hidden = F.leaky_relu(self.mix(bank), 0.1)
         for layer in self.context:
             hidden = hidden + F.leaky_relu(layer(hidden), 0.1)
         return self.out(hidden)
@@ -163,7 +177,7 @@ class FeatureNet(nn.Module):
         if features.shape[1] != self.out.out_channels:
             raise ValueError(f"the feature network corrects {self.out.out_channels} MIND channels, "
                              f"the input has {features.shape[1]}")
-        return features + self._correction(intensity)
+        return features + self._correction(intensity, features)
 
 
 def refined(model: Optional["GaussNewtonPredictors"], kind: str, features: torch.Tensor,
@@ -189,24 +203,32 @@ def feature_net_size(state: Dict[str, torch.Tensor]) -> Tuple[int, int]:
     return width, depth
 
 
+def feature_net_reads_features(state: Dict[str, torch.Tensor]) -> bool:
+    """Whether the saved feature network reads the MIND channels beside the intensity (the first models do not)."""
+    mix = state.get("features.mix.weight")
+    return mix is not None and int(mix.shape[1]) > WINDOWS
+
+
 def predictors_for(state: Dict[str, torch.Tensor]) -> "GaussNewtonPredictors":
     """An untrained model of the shape that a saved state dict holds (its feature network's kind and size)."""
     width, depth = feature_net_size(state)
-    return GaussNewtonPredictors(feature_net=feature_net_kind(state), feature_width=width, feature_depth=depth)
+    return GaussNewtonPredictors(feature_net=feature_net_kind(state), feature_width=width, feature_depth=depth,
+                                 feature_reads_features=feature_net_reads_features(state))
 
 
 class GaussNewtonPredictors(nn.Module):
     """The learned model: predictors of J (3 outputs) and f (1 output) per feature channel, and optionally
     a feature network applied to the features before registration (``features``; None when not part of
     the model; ``feature_net`` names its kind, ``mind`` or ``sdm``, ``feature_width`` and ``feature_depth``
-    its size)."""
+    its size, ``feature_reads_features`` whether it reads MIND beside the intensity)."""
 
     def __init__(self, feature_net: Optional[str] = None, feature_width: int = HIDDEN_CHANNELS,
-                 feature_depth: int = 1) -> None:
+                 feature_depth: int = 1, feature_reads_features: bool = False) -> None:
         super().__init__()
         self.jacobian = StencilPredictor(_difference_stencils())
         self.residual = StencilPredictor(_residual_stencil())
-        self.features = FeatureNet(feature_net, feature_width, feature_depth) if feature_net else None
+        self.features = (FeatureNet(feature_net, feature_width, feature_depth, feature_reads_features)
+                         if feature_net else None)
 
     def computes_classic_terms(self) -> bool:
         """True when J and f are still the stencils of classic GN (e.g. a model that trained only its feature

@@ -280,6 +280,30 @@ def test_deeper_wider_feature_net_starts_as_classic_and_loads_at_its_size(tmp_pa
 def test_the_first_models_feature_net_loads_at_width_8_depth_1():
     model = load_model("learngn_brain_mri_v1")
     assert (model.features.width, model.features.depth) == (8, 1)
+    assert not model.features.reads_features
+
+
+def test_feature_net_reading_mind_can_scale_it_and_loads_as_such(tmp_path):
+    intensity = torch.rand((1, 1, 9, 10, 11), generator=torch.Generator().manual_seed(5))
+    mind = mind_ssc(intensity)
+    model = GaussNewtonPredictors(feature_net="mind", feature_reads_features=True)
+    assert model.features.reads_features
+    with torch.no_grad():
+        assert torch.equal(model.features.refine(mind, intensity), mind)  # untrained: MIND as it is
+        model.features.out.weight.normal_(0.0, 0.3)
+        model.features.mix.weight.normal_(0.0, 0.3)
+        refined = model.features.refine(mind, intensity)
+        # the same intensity with other MIND values gets another correction: it reads the channels
+        other = model.features.refine(0.5 * mind, intensity) - 0.5 * mind
+    assert not torch.allclose(other, refined - mind, atol=1e-4)
+    path = tmp_path / "reads.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_predictors_file(path)
+    assert loaded.features.reads_features
+    with torch.no_grad():
+        assert torch.equal(loaded.features.refine(mind, intensity), refined)
+    with pytest.raises(ValueError, match="only the MIND feature network"):
+        FeatureNet("sdm", reads_features=True)
 
 
 def test_distance_map_feature_net_refines_each_map_alike_and_loads_as_its_kind(tmp_path):

@@ -226,11 +226,39 @@ def test_init_weights_deepens_a_trained_feature_network_without_changing_it(tiny
     assert all(not layer.weight.any() for layer in deeper.features.context)
 
 
+def test_init_weights_lets_a_trained_feature_network_read_mind_without_changing_it(tiny_labels, tmp_path):
+    from learngn.predictors import GaussNewtonPredictors
+    from learngn.training.trainer import start_from
+
+    first = train(tiny_config(tiny_labels, tmp_path / "intensity", setting="synthetic", feature_net=True,
+                              trainable="features", optimizer="adam", steps=2, val_pairs=0), progress=False)
+    alone = load_predictors_file(first.weights)
+    reading = GaussNewtonPredictors(feature_net="mind", feature_reads_features=True)
+    start_from(reading, first.weights)
+    generator = torch.Generator().manual_seed(6)
+    intensity = torch.rand((1, 1, 10, 11, 12), generator=generator)
+    mind = torch.rand((1, 12, 10, 11, 12), generator=generator)
+    with torch.no_grad():
+        assert alone.features._correction(intensity).abs().max() > 0
+        # the added MIND inputs start at zero (only the order of the sums may differ)
+        assert torch.allclose(reading.features.refine(mind, intensity), alone.features.refine(mind, intensity),
+                              atol=1e-6)
+    assert not reading.features.mix.weight[:, alone.features.mix.in_channels:].any()
+    second = train(tiny_config(tiny_labels, tmp_path / "reading", setting="synthetic", feature_net=True,
+                               feature_input="intensity+mind", trainable="features", optimizer="adam", steps=2,
+                               val_pairs=0, init_weights=str(first.weights)), progress=False)
+    assert state_of(second.weights)["features.mix.weight"][:, alone.features.mix.in_channels:].abs().max() > 0
+
+
 def test_feature_network_options_are_checked():
     with pytest.raises(learngn.InputError, match="add --feature-net"):
         TrainConfig(output="x", labels_dir="y", setting="synthetic", trainable="features")
     with pytest.raises(learngn.InputError, match="--feature-depth"):
         TrainConfig(output="x", labels_dir="y", feature_net=True, feature_depth=0)
+    with pytest.raises(learngn.InputError, match="needs the MIND feature network"):
+        TrainConfig(output="x", labels_dir="y", setting="sdm", feature_net=True, feature_input="intensity+mind")
+    with pytest.raises(learngn.InputError, match="unknown feature input"):
+        TrainConfig(output="x", labels_dir="y", feature_net=True, feature_input="mind")
 
 
 def test_crop_start_centres_the_crop_inside_the_volume():

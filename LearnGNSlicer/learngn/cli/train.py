@@ -50,6 +50,8 @@ _OPTIONS = {
     "--feature-width": ("feature_width", int, "hidden channels of the feature network (default 8)"),
     "--feature-depth": ("feature_depth", int, "3x3x3 layers of the feature network (default 1; each further one is "
                                               "a dilated residual layer that adds 4 voxels of context)"),
+    "--feature-input": ("feature_input", str, "what the MIND feature network reads: intensity (the first models), "
+                                              "or intensity+mind (the MIND channels too, so it can also scale them)"),
     "--optimizer": ("optimizer", str, "nsgd: SGD with momentum on the normalised gradient (default; safe for "
                                       "stencil-initialised predictors); adam"),
     "--loss": ("loss", str, "dice (soft Dice of warped one-hot labels) or ce (weighted cross-entropy)"),
@@ -102,10 +104,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--progress", choices=("bar", "none"), default="bar")
     options = parser.add_argument_group("training options (defaults: the product's learngn.RegistrationSettings on a "
                                         "6 mm grid, and learngn.training.TrainConfig)")
-    from ..training.config import SETTINGS, TRAINABLE  # ~25 ms after the torch that learngn.cli imports
+    from ..training.config import FEATURE_INPUTS, SETTINGS, TRAINABLE  # ~25 ms after the torch that learngn.cli imports
 
     choices = {"--setting": SETTINGS, "--loss": ("dice", "ce"), "--optimizer": ("nsgd", "adam"),
-               "--trainable": TRAINABLE, "--synthesis": ("random", "ct"),
+               "--trainable": TRAINABLE, "--feature-input": FEATURE_INPUTS, "--synthesis": ("random", "ct"),
                "--schedule": ("constant", "cosine"), "--prealign": ("none", "com", "affine")}
     for flag, (_, kind, text) in _OPTIONS.items():
         options.add_argument(flag, type=kind, default=None, help=text, choices=choices.get(flag))

@@ -14,6 +14,7 @@ from ..settings import RegistrationSettings
 SETTINGS = ("sdm", "synthetic", "images")
 #: Parts a run may fit. ``branches``: the non-linear CNN branches of the J and f predictors, their
 #: classic stencils held fixed (a drift of the stencils biases every residual, see docs/TRAINING.md).
+FEATURE_INPUTS = ("intensity", "intensity+mind")
 TRAINABLE = ("all", "residual", "jacobian", "features", "branches", "branches+features")
 
 
@@ -55,6 +56,7 @@ class TrainConfig:
     feature_net: bool = False                    # add a feature network that refines the features (MIND or distance maps)
     feature_width: int = HIDDEN_CHANNELS         # its hidden channels (the first models' 8)
     feature_depth: int = 1                       # its 3x3x3 layers (> 1: dilated residual layers for context)
+    feature_input: str = "intensity"             # what the MIND feature network reads: intensity | intensity+mind
     optimizer: str = "nsgd"                      # nsgd: SGD (momentum 0.9) on the normalised gradient; adam
     loss: str = "dice"                           # dice | ce
     smoothness_weight: float = 0.1
@@ -86,6 +88,11 @@ class TrainConfig:
             raise InputError(f"--trainable {self.trainable} needs the feature network: add --feature-net")
         if self.feature_width < 1 or self.feature_depth < 1:
             raise InputError("--feature-width and --feature-depth must be at least 1")
+        if self.feature_input not in FEATURE_INPUTS:
+            raise InputError(f"unknown feature input {self.feature_input!r}; use {' or '.join(FEATURE_INPUTS)}")
+        if self.feature_input != "intensity" and (not self.feature_net or self.features[0] != "mind"):
+            raise InputError("--feature-input intensity+mind needs the MIND feature network: add --feature-net "
+                             "with the images or synthetic setting")
         if self.optimizer not in ("nsgd", "adam"):
             raise InputError(f"unknown optimizer {self.optimizer!r}; use nsgd or adam")
         if self.schedule not in ("constant", "cosine"):

@@ -285,12 +285,17 @@ def trained_parameters(config: TrainConfig, model: torch.nn.Module) -> List[torc
 def start_from(model: GaussNewtonPredictors, weights: Path) -> None:
     """Load an earlier run's weights into ``model``; parts the file lacks (a new feature network) keep their
     classic-GN initialisation.  Context layers added to a trained feature network (a larger
-    ``--feature-depth``) start at zero, so the model starts as exactly the earlier one and training can
-    only add to it."""
+    ``--feature-depth``) and the MIND inputs added to one that read the intensity alone start at zero,
+    so the model starts as exactly the earlier one and training can only add to it."""
     from ..models import load_predictors_file
 
     state = load_predictors_file(weights).state_dict()
     own = model.state_dict()
+    mix = state.get("features.mix.weight")
+    if mix is not None and "features.mix.weight" in own and own["features.mix.weight"].shape[1] > mix.shape[1]:
+        widened = own["features.mix.weight"].new_zeros(own["features.mix.weight"].shape)
+        widened[:, :mix.shape[1]] = mix
+        state["features.mix.weight"] = widened
     foreign = sorted(k for k in state if k not in own or own[k].shape != state[k].shape)
     if foreign:
         raise InputError(f"--init-weights {weights} does not fit this model ({', '.join(foreign)}); "
@@ -382,7 +387,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = GaussNewtonPredictors(feature_net=config.features[0] if config.feature_net else None,
-                                  feature_width=config.feature_width, feature_depth=config.feature_depth)
+                                  feature_width=config.feature_width, feature_depth=config.feature_depth,
+                                  feature_reads_features=config.feature_input == "intensity+mind")
     if config.init_weights:
         start_from(model, Path(config.init_weights))
     optimiser = make_optimiser(config, model)
