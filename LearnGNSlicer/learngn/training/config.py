@@ -12,9 +12,10 @@ from ..predictors import HIDDEN_CHANNELS
 from ..settings import RegistrationSettings
 
 SETTINGS = ("sdm", "synthetic", "images")
+#: What the MIND feature network reads: the intensity alone (the first models), or the MIND channels too.
+FEATURE_INPUTS = ("intensity", "intensity+mind")
 #: Parts a run may fit. ``branches``: the non-linear CNN branches of the J and f predictors, their
 #: classic stencils held fixed (a drift of the stencils biases every residual, see docs/TRAINING.md).
-FEATURE_INPUTS = ("intensity", "intensity+mind")
 TRAINABLE = ("all", "residual", "jacobian", "features", "branches", "branches+features")
 
 
@@ -90,7 +91,7 @@ class TrainConfig:
             raise InputError("--feature-width and --feature-depth must be at least 1")
         if self.feature_input not in FEATURE_INPUTS:
             raise InputError(f"unknown feature input {self.feature_input!r}; use {' or '.join(FEATURE_INPUTS)}")
-        if self.feature_input != "intensity" and (not self.feature_net or self.features[0] != "mind"):
+        if self.feature_net_reads_mind and (not self.feature_net or self.features[0] != "mind"):
             raise InputError("--feature-input intensity+mind needs the MIND feature network: add --feature-net "
                              "with the images or synthetic setting")
         if self.optimizer not in ("nsgd", "adam"):
@@ -109,6 +110,10 @@ class TrainConfig:
         if self.setting == "synthetic":
             consistent["intensity_normalisation"] = "ct"
         object.__setattr__(self, "registration", self.registration.replace(**consistent))
+
+    @property
+    def feature_net_reads_mind(self) -> bool:
+        return self.feature_input == "intensity+mind"
 
     @property
     def features(self) -> Tuple[str, ...]:

@@ -291,9 +291,9 @@ def start_from(model: GaussNewtonPredictors, weights: Path) -> None:
 
     state = load_predictors_file(weights).state_dict()
     own = model.state_dict()
-    mix = state.get("features.mix.weight")
-    if mix is not None and "features.mix.weight" in own and own["features.mix.weight"].shape[1] > mix.shape[1]:
-        widened = own["features.mix.weight"].new_zeros(own["features.mix.weight"].shape)
+    mix, own_mix = state.get("features.mix.weight"), own.get("features.mix.weight")
+    if mix is not None and own_mix is not None and own_mix.shape[1] > mix.shape[1]:
+        widened = own_mix.new_zeros(own_mix.shape)
         widened[:, :mix.shape[1]] = mix
         state["features.mix.weight"] = widened
     foreign = sorted(k for k in state if k not in own or own[k].shape != state[k].shape)
@@ -388,7 +388,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     torch.manual_seed(config.seed)
     model = GaussNewtonPredictors(feature_net=config.features[0] if config.feature_net else None,
                                   feature_width=config.feature_width, feature_depth=config.feature_depth,
-                                  feature_reads_features=config.feature_input == "intensity+mind")
+                                  feature_reads_features=config.feature_net_reads_mind)
     if config.init_weights:
         start_from(model, Path(config.init_weights))
     optimiser = make_optimiser(config, model)
