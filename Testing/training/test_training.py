@@ -158,6 +158,32 @@ def test_fixed_seed_reproduces_and_resume_is_identical(tiny_labels, tmp_path):
         train(tiny_config(tiny_labels, tmp_path / "c", steps=4, grid_stride=3), resume=True, progress=False)
 
 
+def test_best_weights_score_the_best_validation_dice_and_survive_a_resume(tiny_labels, tmp_path):
+    from learngn.training.trainer import BEST_WEIGHTS, validate
+
+    config = tiny_config(tiny_labels, tmp_path / "a", steps=4, val_every=1, learning_rate=2e-2)
+    full = train(config, progress=False)
+    scores = {r["step"]: r["val_dice"] for r in full.log if r.get("val_dice") is not None}
+    assert sorted(scores) == [0, 1, 2, 3, 4]
+    assert full.val_dice_best == max(scores.values()) and scores[full.best_step] == full.val_dice_best
+    assert full.best_weights == tmp_path / "a" / BEST_WEIGHTS
+    model = learngn.training.trainer.GaussNewtonPredictors()
+    model.load_state_dict(state_of(full.best_weights))
+    model.eval()
+    assert validate(config, prepare_data(config), model) == pytest.approx(full.val_dice_best, abs=1e-6)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["best_step"], summary["val_dice_best"]) == (full.best_step, full.val_dice_best)
+    train(tiny_config(tiny_labels, tmp_path / "b", steps=1, val_every=1, learning_rate=2e-2), progress=False)
+    (tmp_path / "b" / BEST_WEIGHTS).unlink()  # the checkpoint carries the best weights
+    resumed = train(config.replace(output=str(tmp_path / "b")), resume=True, progress=False)
+    assert resumed.best_step == full.best_step
+    best, again = state_of(full.best_weights), state_of(resumed.best_weights)
+    assert all(torch.equal(best[k], again[k]) for k in best)
+    unmonitored = train(tiny_config(tiny_labels, tmp_path / "a", steps=1, val_pairs=0), progress=False)
+    assert unmonitored.best_weights is None and not (tmp_path / "a" / BEST_WEIGHTS).exists(), \
+        "a fresh run without validation must not leave an earlier run's best weights"
+
+
 def test_synthetic_setting_trains(tiny_labels, tmp_path):
     result = train(tiny_config(tiny_labels, tmp_path / "syn", setting="synthetic", steps=1), progress=False)
     assert np.isfinite(result.log[-1]["loss"]) and result.val_dice_final is not None
@@ -409,6 +435,26 @@ def test_train_and_evaluate_commands(tiny_labels, tmp_path, capsys, monkeypatch)
     args = parser.parse_args(argv[:-1] + ["no_such_model"])
     with pytest.raises(learngn.InputError, match="no_such_model"):
         evaluate_command.run(args)
+
+
+def test_export_weights_best_ships_the_best_validated_step(tiny_labels, tmp_path):
+    from learngn.cli import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["train", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002", "-o", str(tmp_path / "run"),
+            "--working-spacing", "10", "--iterations", "2", "--crop", "12", "--steps", "3", "--val-every", "1",
+            "--learning-rate", "0.02", "--progress", "none", "--export", "besttest", "--models-dir",
+            str(tmp_path / "models"), "--export-weights", "best"]
+    with pytest.raises(learngn.InputError, match="--val-pairs"):
+        train_command.run(parser.parse_args(argv + ["--val-pairs", "0"]))
+    assert not (tmp_path / "run").exists(), "the option is checked before any training"
+    assert train_command.run(parser.parse_args(argv + ["--val-pairs", "1"])) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
+    card = json.loads((tmp_path / "models" / "besttest.json").read_text(encoding="utf-8"))
+    assert card["weights_step"] == summary["best_step"]
+    shipped, best = state_of(tmp_path / "models" / "besttest.pt"), state_of(tmp_path / "run" / "best.pt")
+    assert all(torch.equal(shipped[k], best[k]) for k in best)
 
 
 def test_suite_figures_go_into_the_card_from_the_suite_where_the_model_ran(tmp_path):

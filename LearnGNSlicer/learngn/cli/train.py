@@ -125,6 +125,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     export.add_argument("--preset-name", metavar="PRESET", help="preset the card defines (default: NAME)")
     export.add_argument("--description", default=None, help="one-line description of the preset")
     export.add_argument("--models-dir", default="Resources/Models", help="where --export writes")
+    export.add_argument("--export-weights", choices=("last", "best"), default="last",
+                        help="ship the last weights (default) or those of the best validation Dice (best.pt)")
     return parser
 
 
@@ -173,17 +175,27 @@ def run(args: argparse.Namespace) -> int:
             output.mkdir(parents=True, exist_ok=True)
             config.save(output / "config.json")
             return 0
+    if args.export and args.export_weights == "best" and not (config.val_pairs and config.val_every):
+        raise InputError("--export-weights best chooses by the validation Dice: give --val-pairs 1 or more "
+                         "and --val-every N")
     result = train(config, resume=args.resume, progress=progress)
     initial = "-" if result.val_dice_initial is None else f"{100 * result.val_dice_initial:.1f}%"
     final = "-" if result.val_dice_final is None else f"{100 * result.val_dice_final:.1f}%"
     print(f"trained {result.steps} steps; validation Dice (working grid) {initial} untrained -> {final}; "
           f"weights {result.weights}")
+    if result.best_weights is not None:
+        print(f"best validation Dice {100 * result.val_dice_best:.1f}% at step {result.best_step}; "
+              f"weights {result.best_weights}")
     if args.export:
+        best = args.export_weights == "best"
         # a resumed run continues exactly as an uninterrupted one, so the command that reproduces the
         # weights is this one without --resume
         command = [word for word in getattr(args, "command_line", []) if word != "--resume"]
-        card = export_model(result.weights, Path(args.models_dir), args.export, args.preset_name or args.export,
+        extra: Dict[str, Any] = {"command": shlex.join(command)} if command else {}
+        extra["weights_step"] = result.best_step if best else result.steps
+        card = export_model(result.best_weights if best else result.weights, Path(args.models_dir), args.export,
+                            args.preset_name or args.export,
                             args.description or f"learned Gauss-Newton ({config.setting} features)", config,
-                            extra={"command": shlex.join(command)} if command else None)
+                            extra=extra)
         print(f"model card {card}")
     return 0

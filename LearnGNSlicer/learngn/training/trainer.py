@@ -37,6 +37,9 @@ from .progressbar import ProgressBar
 from .synthesis import case_seed, synthetic_ct
 
 CHECKPOINT = "checkpoint.pt"
+#: Weights at the best validation Dice so far: a run can overfit its few training people, and its
+#: last weights are then not its best.
+BEST_WEIGHTS = "best.pt"
 LOG_FIELDS = ("step", "loss", "label_loss", "smoothness", "train_dice", "val_dice", "seconds")
 
 
@@ -48,6 +51,9 @@ class TrainResult:
     val_dice_initial: Optional[float]
     val_dice_final: Optional[float]
     steps: int
+    best_weights: Optional[Path] = None
+    best_step: Optional[int] = None
+    val_dice_best: Optional[float] = None
 
 
 @dataclass
@@ -323,11 +329,31 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.learning_rate
 
 
-def _save_checkpoint(path: Path, step: int, model, optimiser, config: TrainConfig, log) -> None:
+def _save_checkpoint(path: Path, step: int, model, optimiser, config: TrainConfig, log,
+                     best: Optional[Dict[str, torch.Tensor]]) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save({"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "config": config.to_dict(), "log": log}, temporary)
+                "config": config.to_dict(), "log": log, "best": best}, temporary)
     temporary.replace(path)
+
+
+def best_validation(log: List[Dict[str, float]]) -> Tuple[Optional[int], Optional[float]]:
+    """The step with the highest validation Dice in ``log`` (the earliest on a tie), and that Dice."""
+    scored = [(r["val_dice"], -int(r["step"])) for r in log if r.get("val_dice") is not None]
+    if not scored:
+        return None, None
+    dice, negative_step = max(scored)
+    return -negative_step, dice
+
+
+def _keep_best(path: Path, model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """Write the model's weights to ``path`` and return a copy of them (the checkpoint carries it, so a
+    resumed run's best weights are those of its own log)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+    return state
 
 
 def _comparable(config: TrainConfig) -> Dict:
@@ -380,7 +406,8 @@ def plot_curves(path: Path, log: List[Dict[str, float]], title: str = "") -> Non
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           dataset: Optional[Dataset] = None) -> TrainResult:
-    """Train the predictors; writes checkpoint.pt, model.pt, log.csv, curves.png and config.json to ``output``."""
+    """Train the predictors; writes checkpoint.pt, model.pt (the last weights), best.pt (the weights of the best
+    validation Dice, when there are validation pairs), log.csv, curves.png and config.json to ``output``."""
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     if config.threads:
@@ -395,6 +422,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     log: List[Dict[str, float]] = []
     first_step = 0
     checkpoint_path = output / CHECKPOINT
+    best_path = output / BEST_WEIGHTS
+    best: Optional[Dict[str, torch.Tensor]] = None
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         saved = TrainConfig.from_dict(state["config"])
@@ -405,8 +434,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         optimiser.load_state_dict(state["optimiser"])
         log = list(state["log"])
         first_step = int(state["step"])
+        best = state.get("best")
+        if best is not None:
+            torch.save(best, best_path)
     elif checkpoint_path.is_file() and not resume:
         checkpoint_path.unlink()
+    if best is None and best_path.is_file():
+        best_path.unlink()  # not from this run's log
     config.save(output / "config.json")
     data = prepare_data(config, dataset, validation=config.val_pairs > 0)
     bar = ProgressBar(config.steps, "train", enabled=progress)
@@ -415,6 +449,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         val_initial = validate(config, data, model) if config.val_pairs else None
         log.append({"step": 0, "loss": None, "label_loss": None, "smoothness": None, "train_dice": None,
                     "val_dice": val_initial, "seconds": 0.0})
+        if val_initial is not None:
+            best = _keep_best(best_path, model)
     last_val = next((r["val_dice"] for r in reversed(log) if r.get("val_dice") is not None), None)
     started = time.perf_counter()
     for step in range(first_step + 1, config.steps + 1):
@@ -444,15 +480,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                                                seconds=round(time.perf_counter() - started, 2))
         if config.val_pairs and config.val_every and (step % config.val_every == 0 or step == config.steps):
             model.eval()
+            best_before = best_validation(log)[1]
             row["val_dice"] = last_val = validate(config, data, model)
+            if best_before is None or last_val > best_before:
+                best = _keep_best(best_path, model)
         log.append(row)
         if step % max(config.checkpoint_every, 1) == 0 or step == config.steps:
-            _save_checkpoint(checkpoint_path, step, model, optimiser, config, log)
+            _save_checkpoint(checkpoint_path, step, model, optimiser, config, log, best)
         val_text = f"val Dice {last_val:.3f}" if last_val is not None else "val Dice -"
         bar.update(step, f"loss {totals['loss']:.4f} | {val_text}")
     bar.close()
     if first_step >= config.steps and not checkpoint_path.is_file():
-        _save_checkpoint(checkpoint_path, config.steps, model, optimiser, config, log)
+        _save_checkpoint(checkpoint_path, config.steps, model, optimiser, config, log, best)
     weights = output / "model.pt"
     torch.save(model.state_dict(), weights)
     write_log(output / "log.csv", log)
@@ -460,8 +499,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     plot_curves(output / "curves.png", log, f"{config.setting}, {gn.working_spacing} mm, stride {gn.grid_stride}, "
                 f"{gn.levels} level(s) of {gn.iterations} GN iterations, lambda {gn.lambda_start}->{gn.lambda_end}")
     val_final = next((r["val_dice"] for r in reversed(log) if r.get("val_dice") is not None), None)
+    best_step, val_best = best_validation(log)
+    best_weights = best_path if best is not None else None
     summary = {"steps": config.steps, "val_dice_initial": val_initial, "val_dice_final": val_final,
+               "best_step": best_step, "val_dice_best": val_best,
                "validation_pairs": [[p.fixed, p.moving] for p in data.validation_pairs],
                "training_cases": [c.name for c in data.training], "label_values": data.label_values}
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return TrainResult(output, weights, log, val_initial, val_final, config.steps)
+    return TrainResult(output, weights, log, val_initial, val_final, config.steps, best_weights, best_step, val_best)
