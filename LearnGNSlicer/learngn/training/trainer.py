@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -329,12 +329,17 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.learning_rate
 
 
+def _save_atomically(content: Any, path: Path) -> None:
+    """torch.save through a temporary file, so an interrupted write never leaves a truncated ``path``."""
+    temporary = path.with_suffix(".tmp")
+    torch.save(content, temporary)
+    temporary.replace(path)
+
+
 def _save_checkpoint(path: Path, step: int, model, optimiser, config: TrainConfig, log,
                      best: Optional[Dict[str, torch.Tensor]]) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "config": config.to_dict(), "log": log, "best": best}, temporary)
-    temporary.replace(path)
+    _save_atomically({"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                      "config": config.to_dict(), "log": log, "best": best}, path)
 
 
 def best_validation(log: List[Dict[str, float]]) -> Tuple[Optional[int], Optional[float]]:
@@ -350,9 +355,7 @@ def _keep_best(path: Path, model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """Write the model's weights to ``path`` and return a copy of them (the checkpoint carries it, so a
     resumed run's best weights are those of its own log)."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
+    _save_atomically(state, path)
     return state
 
 
@@ -436,7 +439,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         first_step = int(state["step"])
         best = state.get("best")
         if best is not None:
-            torch.save(best, best_path)
+            _save_atomically(best, best_path)
     elif checkpoint_path.is_file() and not resume:
         checkpoint_path.unlink()
     if best is None and best_path.is_file():
