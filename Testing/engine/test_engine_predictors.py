@@ -277,10 +277,11 @@ def test_deeper_wider_feature_net_starts_as_classic_and_loads_at_its_size(tmp_pa
         FeatureNet(width=0)
 
 
-def test_the_first_models_feature_net_loads_at_width_8_depth_1():
-    model = load_model("learngn_brain_mri_v1")
+def test_the_shipped_brain_models_feature_net_loads_as_trained_reading_mind():
+    """The card does not say the network's size or inputs: the weights do, and they must load as trained."""
+    model = load_model("learngn_brain_mri_v2")
     assert (model.features.width, model.features.depth) == (8, 1)
-    assert not model.features.reads_features
+    assert model.features.reads_features
 
 
 def test_feature_net_reading_mind_can_scale_it_and_loads_as_such(tmp_path):
