@@ -457,6 +457,25 @@ def test_export_weights_best_ships_the_best_validated_step(tiny_labels, tmp_path
     assert all(torch.equal(shipped[k], best[k]) for k in best)
 
 
+def test_export_weights_best_refuses_a_best_step_whose_weights_were_not_kept(tiny_labels, tmp_path, monkeypatch):
+    """A run resumed from a checkpoint older than best.pt logs its best Dice without the weights: exporting
+    "best" then must fail clearly, not ship another step's weights or nothing."""
+    from learngn.cli import train as train_command
+    from learngn.training import trainer
+
+    weights = tmp_path / "run" / "model.pt"
+    monkeypatch.setattr(trainer, "train", lambda config, resume, progress: trainer.TrainResult(
+        tmp_path / "run", weights, [], 0.5, 0.55, 3, best_weights=None, best_step=2, val_dice_best=0.6))
+    parser = argparse.ArgumentParser()
+    train_command.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["train", "--labels-dir", str(tiny_labels), "--validation-cases", "0001,0002", "-o", str(tmp_path / "run"),
+            "--steps", "3", "--val-every", "1", "--val-pairs", "1", "--progress", "none", "--export", "stale",
+            "--models-dir", str(tmp_path / "models"), "--export-weights", "best", "--resume"]
+    with pytest.raises(learngn.InputError, match=r"step 2.*--export-weights last"):
+        train_command.run(parser.parse_args(argv))
+    assert not (tmp_path / "models" / "stale.json").exists()
+
+
 def test_suite_figures_go_into_the_card_from_the_suite_where_the_model_ran(tmp_path):
     """``evaluate --suite ... --record-in-card``: the card takes the first suite where both its learned
     method and its untrained twin ran, and an evaluation where neither ran is an error."""

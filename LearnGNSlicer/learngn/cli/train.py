@@ -188,6 +188,11 @@ def run(args: argparse.Namespace) -> int:
               f"weights {result.best_weights}")
     if args.export:
         best = args.export_weights == "best"
+        if best and result.best_weights is None:
+            # a checkpoint written before best.pt existed logs its validations but not their weights
+            raise InputError(f"cannot export the best weights: the best validation Dice (step {result.best_step}) "
+                             f"was logged by a checkpoint that did not keep its weights; export the last weights "
+                             f"(--export-weights last, {result.weights}) or train again without --resume")
         # a resumed run continues exactly as an uninterrupted one, so the command that reproduces the
         # weights is this one without --resume
         command = [word for word in getattr(args, "command_line", []) if word != "--resume"]
